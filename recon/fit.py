@@ -1,0 +1,181 @@
+"""Fit low-rank separable bases to a model's convolutions and save them as HDF5.
+
+    python -m recon.fit --layer conv2 --bases 48
+
+fits Scheme 2 with data reconstruction to conv2 of the bundled fmnist-alexnet on
+Fashion-MNIST training images and writes bases/fmnist-alexnet.h5 (existing layers of that
+file are kept). The file is rewritten atomically after every layer, so an interrupted run
+keeps what was saved before it.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from recon import data, sources
+from recon.evaluate import accuracy
+from recon.fitting import FitSettings, check_num_bases, fit_model, layer_input_sizes
+from recon.modules import ConvGeometry
+from recon.store import BasesFileError, LayerBases, model_sha256, update_bases
+from recon.surgery import eligible_layers, get_conv
+from solvers.schedule import LambdaSchedule
+
+DEFAULTS = LambdaSchedule()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m recon.fit", description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--model", default="fmnist-alexnet",
+                        help="bundled model name or package.module:factory returning an nn.Module")
+    parser.add_argument("--weights", type=Path, help="state dict to load into a --model factory's model")
+    parser.add_argument("--data", help="package.module:factory returning an iterable of input batches "
+                        "(default for the bundled model: Fashion-MNIST training images)")
+    parser.add_argument("--layer", action="append", required=True,
+                        help="qualified conv name (repeatable), or 'all' for every eligible conv")
+    parser.add_argument("--bases", required=True,
+                        help="number of bases for every layer, or name=N pairs separated by commas")
+    parser.add_argument("--scheme", type=int, choices=(1, 2), default=2, help="Jaderberg et al. scheme")
+    parser.add_argument("--mode", choices=("filter", "data"),
+                        help="reconstruct the weights (filter) or the layer's responses (data); "
+                        "default: data when data is available, else filter")
+    parser.add_argument("--asymmetric", action="store_true",
+                        help="data mode: fit each layer to inputs from the already approximated network")
+    parser.add_argument("--samples", type=int, default=4000, help="images used for statistics")
+    parser.add_argument("--patches-per-image", type=int, default=32,
+                        help="patch locations sampled per image for statistics (0: all)")
+    parser.add_argument("--lbfgs-iterations", type=int, default=200, help="Scheme 2 data mode L-BFGS iterations")
+    schedule = parser.add_argument_group("Scheme 1 lambda schedule (relative units)")
+    schedule.add_argument("--lambda-min", type=float, default=DEFAULTS.lambda_min)
+    schedule.add_argument("--lambda-max", type=float, default=DEFAULTS.lambda_max)
+    schedule.add_argument("--lambda-growth", type=float, default=DEFAULTS.growth)
+    schedule.add_argument("--stages", type=int, default=DEFAULTS.max_stages)
+    schedule.add_argument("--steps-per-stage", type=int, default=DEFAULTS.steps_per_stage)
+    schedule.add_argument("--rank-tol", type=float, default=DEFAULTS.rank_tol,
+                          help="stop once every basis has sigma2/sigma1 below this")
+    parser.add_argument("--out", type=Path, help="bases file (default: bases/<model>.h5)")
+    parser.add_argument("--seed", type=int, default=0, help="seed for patch sampling")
+    parser.add_argument("--eval", action="store_true", help="report test accuracy, dense vs low-rank")
+    return parser
+
+
+def parse_bases(text: str, layers: list[str]) -> dict[str, int]:
+    """``48`` or ``conv2=48,conv3=64`` -> number of bases per layer."""
+    try:
+        if "=" not in text:
+            return {name: int(text) for name in layers}
+        pairs = dict(item.split("=", 1) for item in text.split(","))
+        counts = {name.strip(): int(value) for name, value in pairs.items()}
+    except ValueError:
+        raise ValueError(f"--bases must be a whole number or name=N pairs separated by commas, got {text!r}") from None
+    missing = [name for name in layers if name not in counts]
+    if missing:
+        raise ValueError(f"--bases gives no number for layer(s) {', '.join(missing)}")
+    return {name: counts[name] for name in layers}
+
+
+def resolve_layers(model: torch.nn.Module, requested: list[str]) -> list[str]:
+    """Layer names in model order; 'all' means every eligible conv."""
+    if "all" in requested:
+        return eligible_layers(model)
+    for name in requested:
+        get_conv(model, name)
+    return [name for name, _ in model.named_modules() if name in requested]
+
+
+def warn_if_slower(layer: LayerBases) -> None:
+    """Tell the user when the chosen bases cost more multiply-adds than the dense layer."""
+    if layer.theoretical_speedup >= 1:
+        return
+    g: ConvGeometry = layer.geometry
+    (kh, kw), c, n = g.kernel_size, g.in_channels, g.out_channels
+    if layer.scheme == 1:
+        hint = f"Scheme 1 breaks even near M = {max(1, int(kh * kw * n / (kh + kw + n)))} bases; Scheme 2 is cheaper here"
+    else:
+        hint = f"Scheme 2 breaks even near K = {max(1, int(kh * kw * c * n / (kh * c + kw * n)))}"
+    print(f"warning: {layer.name} with {layer.num_bases} bases (scheme {layer.scheme}) costs "
+          f"{1 / layer.theoretical_speedup:.2f}x the dense multiply-adds, so it will be slower; {hint}",
+          file=sys.stderr)
+
+
+def print_table(rows: list[tuple[LayerBases, float]]) -> None:
+    header = f"{'layer':<12} {'scheme':>6} {'bases':>5} {'mode':>6} {'filter err':>10} {'data err':>9} {'speedup':>8} {'fit s':>7}"
+    print(header)
+    print("-" * len(header))
+    for layer, seconds in rows:
+        print(f"{layer.name:<12} {layer.scheme:>6} {layer.num_bases:>5} {layer.mode:>6} "
+              f"{layer.filter_rel_error:>10.4f} {layer.data_rel_error:>9.4f} "
+              f"{layer.theoretical_speedup:>7.2f}x {seconds:>7.2f}")
+
+
+def run(args: argparse.Namespace) -> int:
+    model = sources.load_model(args.model, args.weights)
+    bundled = args.model in sources.zoo.BUNDLED
+    if args.data is None and bundled:
+        batches = lambda: data.loader("train", batch_size=250, limit=args.samples)
+    elif args.data is not None:
+        batches = lambda: sources.load_batches(args.data)
+    else:
+        batches = None
+    mode = args.mode or ("data" if batches is not None else "filter")
+    if mode == "data" and batches is None:
+        raise ValueError("--mode data needs --data package.module:factory for a user model")
+    layers = resolve_layers(model, args.layer)
+    counts = parse_bases(args.bases, layers)
+    for name in layers:
+        check_num_bases(get_conv(model, name), args.scheme, counts[name], name)
+    out = args.out or Path("bases") / f"{Path(args.model.replace(':', '.')).name}.h5"
+    if not out.parent.is_dir():
+        raise BasesFileError(f"output folder {out.parent} does not exist; create it or choose another --out")
+    example = next(iter(batches())) if batches is not None else None
+    example = example[0] if isinstance(example, (tuple, list)) else example
+    sizes = (layer_input_sizes(model, layers, example[:1]) if example is not None
+             else {name: (1024, 1024) for name in layers})
+    settings = FitSettings(
+        scheme=args.scheme, mode=mode, asymmetric=args.asymmetric, lbfgs_iterations=args.lbfgs_iterations,
+        patches_per_image=args.patches_per_image or None, seed=args.seed,
+        schedule=LambdaSchedule(args.lambda_min, args.lambda_max, args.lambda_growth, args.stages,
+                                args.steps_per_stage, args.rank_tol).validate())
+    model_hash = model_sha256(model)
+    rows: list[tuple[LayerBases, float]] = []
+
+    def save(layer: LayerBases, seconds: float) -> None:
+        update_bases(out, args.model, model_hash, [layer])
+        rows.append((layer, seconds))
+        print(f"{layer.name}: fitted {layer.num_bases} bases in {seconds:.2f} s, saved to {out}", file=sys.stderr)
+        warn_if_slower(layer)
+
+    print(f"fitting {', '.join(layers)} of {args.model}: scheme {args.scheme}, {mode} reconstruction"
+          f"{' (asymmetric)' if args.asymmetric and mode == 'data' else ''}", file=sys.stderr)
+    approx = fit_model(model, counts, settings, batches, sizes, save)
+    print_table(rows)
+    if sizes and example is None:
+        print("(speedups are for large inputs: no data was given to measure layer input sizes)")
+    if args.eval:
+        if not bundled:
+            raise ValueError("--eval measures Fashion-MNIST test accuracy and needs the bundled model")
+        test = data.loader("test", batch_size=500)
+        dense, low = accuracy(model, test, progress=True), accuracy(approx, test, progress=True)
+        print(f"test accuracy: dense {100 * dense:.2f}%  low-rank {100 * low:.2f}%  ({100 * (low - dense):+.2f} points)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except (ValueError, KeyError, TypeError, ImportError, FileNotFoundError, data.DataError) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: layers saved so far are in the bases file; it was not damaged", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""Scheme 2 of Jaderberg et al. (2014): K vertical (kh x 1) filters over all C input
+channels, then N horizontal (1 x kw) filters over those K maps.
+
+W_hat[n, c, y, x] = sum_k H[n, k, x] V[k, c, y].
+
+Filter reconstruction has a closed form: reshaped as the (C*kh) x (N*kw) matrix
+M[(c, y), (n, x)] = W[n, c, y, x], W_hat is exactly a rank-K matrix, so the truncated SVD of
+M is optimal (Eckart-Young), with sqrt(sigma) split between V and H.
+Data reconstruction starts there and minimises the data loss over (V, H) with Optax L-BFGS,
+then refits H in closed form (the loss is quadratic in H for fixed V).
+"""
+from __future__ import annotations
+
+import time
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from solvers.linear import solve_shared_design
+from solvers.objectives import Quadratic, check_weights
+
+
+class Scheme2Factors(NamedTuple):
+    """vertical (K, C, kh) and horizontal (N, K, kw) filters, in the units of the weights."""
+
+    vertical: jax.Array
+    horizontal: jax.Array
+
+
+def max_rank(shape: tuple[int, ...]) -> int:
+    """The largest useful K for weights of ``shape`` (N, C, kh, kw): min(C*kh, N*kw)."""
+    n, c, kh, kw = shape
+    return min(c * kh, n * kw)
+
+
+def check_rank(shape: tuple[int, ...], rank: int) -> None:
+    """Raise ValueError unless 1 <= rank <= max_rank(shape)."""
+    top = max_rank(shape)
+    if not 1 <= rank <= top:
+        raise ValueError(
+            f"Scheme 2 needs 1 <= K <= min(C*kh, N*kw) = {top} for weights of shape {tuple(shape)}, "
+            f"got K={rank}")
+
+
+def compose(vertical: jax.Array, horizontal: jax.Array) -> jax.Array:
+    """W_hat (N, C, kh, kw) from vertical (K, C, kh) and horizontal (N, K, kw)."""
+    return jnp.einsum("nkx,kcy->ncyx", horizontal, vertical)
+
+
+def filter_fit(weights: jax.Array, rank: int) -> Scheme2Factors:
+    """Optimal rank-K Scheme 2 factors of ``weights`` under ||W - W_hat||_F (truncated SVD)."""
+    n, c, kh, kw = weights.shape
+    matrix = jnp.transpose(weights, (1, 2, 0, 3)).reshape(c * kh, n * kw)
+    u, s, vt = jnp.linalg.svd(matrix, full_matrices=False)
+    root = jnp.sqrt(s[:rank])
+    vertical = (u[:, :rank] * root).T.reshape(rank, c, kh)
+    horizontal = (root[:, None] * vt[:rank]).reshape(rank, n, kw).transpose(1, 0, 2)
+    return Scheme2Factors(vertical, horizontal)
+
+
+def refit_horizontal(quad: Quadratic, vertical: jax.Array, num_outputs: int, kw: int) -> jax.Array:
+    """H (N, K, kw) minimising the loss for fixed scaled V (K, C, kh), in closed form."""
+    k, c, kh = vertical.shape
+    # design[(c, y, x), (k, x')] = V[k, c, y] * [x == x']
+    design = jnp.einsum("kcy,xz->cyxkz", vertical, jnp.eye(kw, dtype=vertical.dtype))
+    theta = solve_shared_design(quad, design.reshape(c * kh * kw, k * kw))
+    return theta.reshape(num_outputs, k, kw)
+
+
+def data_fit(weights: jax.Array, quad: Quadratic, rank: int, iterations: int = 200) -> Scheme2Factors:
+    """Scheme 2 factors minimising ``quad`` (e.g. the data loss): SVD start, L-BFGS, H refit."""
+    scale = quad.weight_scale
+    start = filter_fit(weights / scale, rank)
+
+    def loss(factors: Scheme2Factors) -> jax.Array:
+        return quad.loss(compose(*factors))
+
+    optimizer = optax.lbfgs()
+    value_and_grad = optax.value_and_grad_from_state(loss)
+
+    def step(_, carry):
+        params, state = carry
+        value, grad = value_and_grad(params, state=state)
+        updates, state = optimizer.update(grad, state, params, value=value, grad=grad, value_fn=loss)
+        return optax.apply_updates(params, updates), state
+
+    params, _ = jax.lax.fori_loop(0, iterations, step, (start, optimizer.init(start)))
+    horizontal = refit_horizontal(quad, params.vertical, weights.shape[0], weights.shape[3])
+    return Scheme2Factors(params.vertical * jnp.sqrt(scale), horizontal * jnp.sqrt(scale))
+
+
+class Scheme2Result(NamedTuple):
+    """Fitted factors, the relative loss they reach, and the wall time of the solve."""
+
+    vertical: np.ndarray
+    horizontal: np.ndarray
+    loss: float
+    seconds: float
+
+
+def fit(weights: np.ndarray, rank: int, quad: Quadratic | None = None,
+        iterations: int = 200) -> Scheme2Result:
+    """Fit Scheme 2 to one layer: closed form when ``quad`` is None, else data reconstruction.
+
+    Raises ValueError for bad weights or K, FloatingPointError if the solve goes non-finite.
+    """
+    weights = check_weights(weights)
+    check_rank(weights.shape, rank)
+    start = time.perf_counter()
+    dtype = quad.B.dtype if quad is not None else jnp.float32
+    w = jnp.asarray(weights, dtype)
+    if quad is None:
+        factors = _jit_filter_fit(w, rank)
+        loss = None
+    else:
+        factors = _jit_data_fit(w, quad, rank, iterations)
+        loss = quad.loss(compose(*factors) / quad.weight_scale)
+    factors = jax.block_until_ready(factors)
+    vertical, horizontal = np.asarray(factors.vertical), np.asarray(factors.horizontal)
+    if not (np.all(np.isfinite(vertical)) and np.all(np.isfinite(horizontal))):
+        raise FloatingPointError(
+            f"Scheme 2 {'filter' if quad is None else 'data'} fit produced non-finite factors "
+            f"(K={rank}, weights {weights.shape}); try float64 or fewer L-BFGS iterations")
+    if loss is None:
+        loss = float(np.sum((weights - np.asarray(compose(*factors))) ** 2) / np.sum(weights.astype(np.float64) ** 2))
+    return Scheme2Result(vertical, horizontal, float(loss), time.perf_counter() - start)
+
+
+_jit_filter_fit = jax.jit(filter_fit, static_argnums=1)
+_jit_data_fit = jax.jit(data_fit, static_argnums=(2, 3))

@@ -1,0 +1,82 @@
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from solvers import scheme2
+from solvers.objectives import Moments, data_objective, filter_objective
+from tests.conftest import decaying_weights
+
+
+@settings(max_examples=15, deadline=None)
+@given(n=st.integers(1, 12), c=st.integers(1, 12), kh=st.integers(1, 5), kw=st.integers(2, 5), data=st.data())
+def test_filter_fit_error_is_eckart_young(n, c, kh, kw, data):
+    weights = np.random.default_rng(n * 100 + c).standard_normal((n, c, kh, kw)).astype(np.float32)
+    rank = data.draw(st.integers(1, scheme2.max_rank(weights.shape)))
+    result = scheme2.fit(weights, rank)
+    sigma = np.linalg.svd(weights.transpose(1, 2, 0, 3).reshape(c * kh, n * kw).astype(np.float64), compute_uv=False)
+    expected = (sigma[rank:] ** 2).sum() / (sigma ** 2).sum()
+    w_hat = np.einsum("nkx,kcy->ncyx", result.horizontal, result.vertical)
+    assert np.sum((weights - w_hat) ** 2) / np.sum(weights ** 2) == pytest.approx(expected, abs=2e-5)
+    assert result.loss == pytest.approx(expected, abs=2e-5)
+
+
+def test_full_rank_reproduces_weights():
+    weights = decaying_weights((8, 6, 3, 3))
+    result = scheme2.fit(weights, scheme2.max_rank(weights.shape))
+    assert np.allclose(np.einsum("nkx,kcy->ncyx", result.horizontal, result.vertical), weights, atol=1e-5)
+
+
+def _correlated_moments(dim, seed=0, samples=4000):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((samples, dim)) @ rng.standard_normal((dim, dim)) * 0.3 + 0.2
+    return Moments.symmetric(samples, x.mean(0), x.T @ x / samples)
+
+
+def test_data_fit_beats_filter_fit_on_data_loss():
+    weights = decaying_weights((16, 8, 3, 3), decay=0.85)
+    quad = data_objective(weights, _correlated_moments(8 * 9))
+    filt = scheme2.fit(weights, 6)
+    dat = scheme2.fit(weights, 6, quad)
+    w_filter = np.einsum("nkx,kcy->ncyx", filt.horizontal, filt.vertical)
+    filter_loss = float(quad.loss(w_filter / quad.weight_scale))
+    assert dat.loss < 0.8 * filter_loss
+
+
+def test_identity_statistics_make_data_fit_a_filter_fit():
+    weights = decaying_weights((10, 6, 3, 3))
+    dim = 6 * 9
+    quad = data_objective(weights, Moments.symmetric(1, np.zeros(dim), np.eye(dim)))
+    dat = scheme2.fit(weights, 5, quad)
+    assert dat.loss == pytest.approx(scheme2.fit(weights, 5).loss, abs=1e-4)
+
+
+@pytest.mark.parametrize("rank", [0, -1, 19])
+def test_rank_out_of_range_names_maximum(rank):
+    with pytest.raises(ValueError, match="min\\(C\\*kh, N\\*kw\\) = 18"):
+        scheme2.fit(np.ones((6, 6, 3, 3), np.float32), rank)
+
+
+def test_bad_weights_are_refused():
+    with pytest.raises(ValueError, match="1x1"):
+        scheme2.fit(np.ones((4, 4, 1, 1), np.float32), 1)
+    bad = np.ones((4, 4, 3, 3), np.float32)
+    bad[0, 0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        scheme2.fit(bad, 2)
+
+
+def test_statistics_of_wrong_size_are_refused():
+    weights = decaying_weights((4, 3, 3, 3))
+    with pytest.raises(ValueError, match="field .mean. has shape \\(26,\\), expected \\(27,\\)"):
+        data_objective(weights, Moments.symmetric(10, np.zeros(26), np.eye(26)))
+    moments = _correlated_moments(27)
+    broken = moments._replace(second=np.full((27, 27), np.inf))
+    with pytest.raises(ValueError, match="'second' contains NaN"):
+        data_objective(weights, broken)
+
+
+def test_filter_objective_is_relative_error():
+    weights = decaying_weights((5, 4, 3, 3))
+    quad = filter_objective(weights)
+    assert float(quad.loss(np.zeros_like(weights))) == pytest.approx(1.0)
+    assert float(quad.loss(weights / quad.weight_scale)) == pytest.approx(0.0, abs=1e-6)
