@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -23,6 +21,7 @@ from tqdm import tqdm
 from recon import data, sources
 from recon.store import BasesFileError, read_bases
 from recon.surgery import apply_bases, get_conv
+from recon.timing import capture_layer_inputs, median_latency
 
 
 @torch.inference_mode()
@@ -34,34 +33,6 @@ def accuracy(model: nn.Module, loader: DataLoader, progress: bool = False) -> fl
         correct += int((model(images).argmax(1) == labels).sum())
         total += len(labels)
     return correct / total
-
-
-@torch.inference_mode()
-def median_latency(module: nn.Module, inputs: torch.Tensor, repeats: int = 20, warmup: int = 3) -> float:
-    """Median seconds of ``module(inputs)`` over ``repeats`` runs after ``warmup`` runs."""
-    for _ in range(warmup):
-        module(inputs)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        module(inputs)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def layer_inputs(model: nn.Module, names: list[str], example: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Each named layer's input for one forward pass of ``example``."""
-    captured: dict[str, torch.Tensor] = {}
-    hooks = [get_conv(model, name).register_forward_pre_hook(
-        lambda module, args, name=name: captured.__setitem__(name, args[0].detach().clone()))
-        for name in names]
-    try:
-        with torch.inference_mode():
-            model(example)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return captured
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -99,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     low_time = median_latency(low, batch, args.repeats)
     print(f"low-rank  accuracy {100 * low_acc:6.2f}%   latency {1e3 * low_time:8.2f} ms / batch of {args.batch_size}")
     print(f"whole model: {100 * (low_acc - dense_acc):+.2f} points, measured speedup {dense_time / low_time:.2f}x")
-    inputs = layer_inputs(dense, layers, batch)
+    inputs = capture_layer_inputs(dense, layers, batch)
     print(f"{'layer':<12} {'dense ms':>9} {'low-rank ms':>12} {'speedup':>8} {'MACs ratio':>10}")
     for name in layers:
         conv, module = get_conv(dense, name), low.get_submodule(name)

@@ -59,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
                           help="stop once every basis has sigma2/sigma1 below this")
     parser.add_argument("--out", type=Path, help="bases file (default: bases/<model>.h5)")
     parser.add_argument("--seed", type=int, default=0, help="seed for patch sampling")
+    parser.add_argument("--guard", action="store_true",
+                        help="time each fitted layer against its dense conv (batch of --guard-batch) and keep "
+                        "the dense conv unless the low-rank one is at least 5%% faster")
+    parser.add_argument("--guard-batch", type=int, default=32, help="batch size the guard times with")
     parser.add_argument("--eval", action="store_true", help="report test accuracy, dense vs low-rank")
     return parser
 
@@ -112,6 +116,17 @@ def print_table(rows: list[tuple[LayerBases, float]]) -> None:
               f"{layer.theoretical_speedup:>7.2f}x {seconds:>7.2f}")
 
 
+def guard_example(args: argparse.Namespace, batches, example: torch.Tensor | None) -> torch.Tensor | None:
+    """The batch the guard times layers on: --guard-batch inputs shaped like the data."""
+    if not args.guard:
+        return None
+    if example is None:
+        raise ValueError("--guard needs data (--data for a user model) to know the layers' input shapes")
+    if args.guard_batch < 1:
+        raise ValueError(f"--guard-batch must be >= 1, got {args.guard_batch}")
+    return example[:1].expand(args.guard_batch, *example.shape[1:]).contiguous()
+
+
 def run(args: argparse.Namespace) -> int:
     model = sources.load_model(args.model, args.weights)
     bundled = args.model in sources.zoo.BUNDLED
@@ -138,6 +153,7 @@ def run(args: argparse.Namespace) -> int:
     settings = FitSettings(
         scheme=args.scheme, mode=mode, asymmetric=args.asymmetric, lbfgs_iterations=args.lbfgs_iterations,
         patches_per_image=args.patches_per_image or None, seed=args.seed,
+        guard_input=guard_example(args, batches, example),
         schedule=LambdaSchedule(args.lambda_min, args.lambda_max, args.lambda_growth, args.stages,
                                 args.steps_per_stage, args.rank_tol).validate())
     model_hash = model_sha256(model)
@@ -151,7 +167,8 @@ def run(args: argparse.Namespace) -> int:
 
     print(f"fitting {', '.join(layers)} of {args.model}: scheme {args.scheme}, {mode} reconstruction"
           f"{' (asymmetric)' if args.asymmetric and mode == 'data' else ''}", file=sys.stderr)
-    approx = fit_model(model, counts, settings, batches, sizes, save)
+    approx = fit_model(model, counts, settings, batches, sizes, save,
+                       on_guard=lambda decision: print(decision, file=sys.stderr))
     print_table(rows)
     if sizes and example is None:
         print("(speedups are for large inputs: no data was given to measure layer input sizes)")

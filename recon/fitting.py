@@ -16,10 +16,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from recon.guard import GuardDecision, time_replacement
 from recon.modules import ConvGeometry, LowRankExpConv
 from recon.stats import gather_moments
 from recon.store import LayerBases, weight_sha256
 from recon.surgery import get_conv, replace_layer
+from recon.timing import capture_layer_inputs
 from solvers import objectives, scheme1, scheme2
 from solvers.objectives import Moments
 from solvers.schedule import LambdaSchedule
@@ -36,6 +38,7 @@ class FitSettings:
     lbfgs_iterations: int = 200
     patches_per_image: int | None = 32
     seed: int = 0
+    guard_input: torch.Tensor | None = None
 
 
 def check_num_bases(conv: nn.Conv2d, scheme: int, num_bases: int, name: str) -> None:
@@ -49,17 +52,7 @@ def check_num_bases(conv: nn.Conv2d, scheme: int, num_bases: int, name: str) -> 
 
 def layer_input_sizes(model: nn.Module, names: list[str], example: torch.Tensor) -> dict[str, tuple[int, int]]:
     """The (H, W) of each named layer's input for one forward pass of ``example``."""
-    sizes: dict[str, tuple[int, int]] = {}
-    hooks = [get_conv(model, name).register_forward_pre_hook(
-        lambda module, args, name=name: sizes.__setitem__(name, tuple(args[0].shape[-2:])))
-        for name in names]
-    try:
-        with torch.inference_mode():
-            model(example)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return sizes
+    return {name: tuple(x.shape[-2:]) for name, x in capture_layer_inputs(model, names, example).items()}
 
 
 def fit_weights(weights: np.ndarray, num_bases: int, settings: FitSettings,
@@ -113,13 +106,25 @@ def fit_layer(model: nn.Module, approx: nn.Module, name: str, num_bases: int, se
 
 def fit_model(model: nn.Module, bases: dict[str, int], settings: FitSettings,
               batches: Callable[[], Iterable] | None, input_sizes: dict[str, tuple[int, int]],
-              on_layer: Callable[[LayerBases, float], None] | None = None) -> nn.Module:
+              on_layer: Callable[[LayerBases, float], None] | None = None,
+              on_guard: Callable[[GuardDecision], None] | None = None) -> nn.Module:
     """Fit every layer of ``bases`` (name -> number of bases) in model order; returns the
-    approximated copy of ``model``. ``on_layer`` is called after each layer (e.g. to save)."""
+    approximated copy of ``model``. ``on_layer`` is called after each kept layer (e.g. to
+    save). With ``settings.guard_input``, a layer whose low-rank module is not measurably
+    faster than the dense conv stays dense (``on_guard`` hears every decision)."""
     approx = copy.deepcopy(model).eval()
     order = [name for name, _ in model.named_modules() if name in bases]
+    guard_inputs = (capture_layer_inputs(model, order, settings.guard_input)
+                    if settings.guard_input is not None else {})
     for name in order:
         layer, seconds = fit_layer(model, approx, name, bases[name], settings, batches, input_sizes[name])
+        if name in guard_inputs:
+            decision = time_replacement(get_conv(model, name), approx.get_submodule(name), guard_inputs[name], name)
+            if on_guard is not None:
+                on_guard(decision)
+            if not decision.kept:
+                replace_layer(approx, name, copy.deepcopy(get_conv(model, name)))
+                continue
         if on_layer is not None:
             on_layer(layer, seconds)
     return approx

@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import os
 
+import torch
 from torch import nn
 
-from recon.modules import LowRankExpConv
+from recon.guard import guard_replacements
+from recon.modules import ConvGeometry, LowRankExpConv
 from recon.store import BasesFileError, LayerBases, read_bases, weight_sha256
 
 
@@ -54,8 +56,6 @@ def load_bases(path: str | os.PathLike) -> dict[str, LowRankExpConv]:
 def check_layer_matches(model: nn.Module, layer: LayerBases, allow_mismatch: bool = False) -> nn.Conv2d:
     """The conv that ``layer`` was fitted to, after checking its geometry and weight hash."""
     conv = get_conv(model, layer.name)
-    from recon.modules import ConvGeometry
-
     if ConvGeometry.of(conv) != layer.geometry:
         raise BasesFileError(f"layer {layer.name!r}: the model's conv {ConvGeometry.of(conv)} does not "
                              f"match the bases' {layer.geometry}")
@@ -66,15 +66,24 @@ def check_layer_matches(model: nn.Module, layer: LayerBases, allow_mismatch: boo
     return conv
 
 
-def apply_bases(model: nn.Module, path: str | os.PathLike, allow_mismatch: bool = False) -> nn.Module:
+def apply_bases(model: nn.Module, path: str | os.PathLike, allow_mismatch: bool = False,
+                example_input: torch.Tensor | None = None, min_speedup: float = 1.05) -> nn.Module:
     """Replace every layer named in the bases file by its ``LowRankExpConv``, in place.
 
     Each replaced conv must have the geometry and (unless ``allow_mismatch``) the weights
-    the bases were fitted to. Returns ``model``.
+    the bases were fitted to. With ``example_input`` the never-slower guard runs: each
+    low-rank module is timed against its dense conv on the real input shape and the dense
+    conv stays unless the low-rank one is ``min_speedup`` times faster; every decision is
+    logged to the ``recon`` logger. Returns ``model``.
     """
     bases = read_bases(path)
+    replacements = {}
     for layer in bases.layers.values():
         conv = check_layer_matches(model, layer, allow_mismatch)
-        module = layer.to_module().to(device=conv.weight.device, dtype=conv.weight.dtype)
-        replace_layer(model, layer.name, module)
+        replacements[layer.name] = layer.to_module().to(device=conv.weight.device, dtype=conv.weight.dtype).eval()
+    if example_input is not None:
+        decisions = guard_replacements(model, replacements, example_input, min_speedup)
+        replacements = {d.layer: replacements[d.layer] for d in decisions if d.kept}
+    for name, module in replacements.items():
+        replace_layer(model, name, module)
     return model

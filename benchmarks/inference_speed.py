@@ -1,0 +1,127 @@
+"""Measured speed of LowRankExpConv vs nn.Conv2d, side by side in one run.
+
+    python -m benchmarks.inference_speed [--quick] [--device cpu|cuda]
+
+For the bundled model's convs (at their real input sizes) and VGG-16 conv shapes, batch 1
+and 32, Scheme 1 and Scheme 2 with the largest number of bases whose theoretical speedup
+(dense MACs / low-rank MACs) is at least 2x and 4x. Reports measured speedup (dense time /
+low-rank time), theoretical speedup, and efficiency = measured / theoretical. Random
+factors: values don't change the time. Whole bundled model: Scheme 2 on conv2..conv5 at
+the same targets.
+"""
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import torch
+from torch import nn
+
+from benchmarks.common import machine, markdown_table, write_section
+from recon.modules import ConvGeometry, LowRankExpConv, Scheme1Conv, Scheme2Conv
+from recon.timing import median_latency
+from solvers import scheme1, scheme2
+
+BUNDLED = [("fmnist conv2", 64, 128, 5, 14), ("fmnist conv3", 128, 192, 3, 7), ("fmnist conv4", 192, 192, 3, 7)]
+VGG = [("VGG 64->64 @224", 64, 64, 3, 224), ("VGG 256->256 @56", 256, 256, 3, 56),
+       ("VGG 512->512 @28", 512, 512, 3, 28), ("VGG 512->512 @14", 512, 512, 3, 14)]
+
+
+def random_module(conv: nn.Conv2d, scheme: int, num_bases: int, rng) -> LowRankExpConv:
+    geometry = ConvGeometry.of(conv)
+    n, c, kh, kw = conv.weight.shape
+    bias = rng.standard_normal(n)
+    if scheme == 1:
+        return Scheme1Conv(geometry, rng.standard_normal((num_bases, kh)), rng.standard_normal((num_bases, kw)),
+                           rng.standard_normal((n, c, num_bases)), bias)
+    return Scheme2Conv(geometry, rng.standard_normal((num_bases, c, kh)), rng.standard_normal((n, num_bases, kw)), bias)
+
+
+def bases_for_speedup(conv: nn.Conv2d, scheme: int, target: float, size: int) -> int | None:
+    """Largest number of bases whose theoretical speedup at ``size`` is >= ``target``."""
+    shape = tuple(conv.weight.shape)
+    top = scheme1.max_bases(shape) if scheme == 1 else scheme2.max_rank(shape)
+    rng = np.random.default_rng(0)
+    best = None
+    for count in range(1, top + 1):
+        if random_module(conv, scheme, count, rng).theoretical_speedup((size, size)) >= target:
+            best = count
+    return best
+
+
+def time_pair(dense: nn.Module, low: nn.Module, x: torch.Tensor, repeats: int) -> tuple[float, float]:
+    return median_latency(dense, x, repeats), median_latency(low, x, repeats)
+
+
+def layer_rows(cases, batches, targets, device, repeats) -> list[list[object]]:
+    rows = []
+    rng = np.random.default_rng(0)
+    for name, c, n, k, size in cases:
+        conv = nn.Conv2d(c, n, k, padding=k // 2).to(device)
+        for batch in batches:
+            x = torch.randn(batch, c, size, size, device=device)
+            for scheme in (1, 2):
+                for target in targets:
+                    count = bases_for_speedup(conv, scheme, target, size)
+                    if count is None:
+                        rows.append([name, batch, scheme, f">={target}x", "-", "unreachable", "", "", ""])
+                        continue
+                    low = random_module(conv, scheme, count, rng).to(device)
+                    theory = low.theoretical_speedup((size, size))
+                    t_dense, t_low = time_pair(conv, low, x, repeats)
+                    measured = t_dense / t_low
+                    rows.append([name, batch, scheme, f">={target}x", count, f"{theory:.2f}x",
+                                 f"{1e3 * t_dense:.2f} / {1e3 * t_low:.2f}", f"{measured:.2f}x", f"{measured / theory:.2f}"])
+                    print(rows[-1], flush=True)
+    return rows
+
+
+def whole_model_rows(targets, device, repeats) -> list[list[object]]:
+    from recon import zoo
+    from recon.surgery import replace_layer
+
+    rows = []
+    dense = zoo.load_model("fmnist-alexnet").to(device)
+    sizes = {"conv2": 14, "conv3": 7, "conv4": 7, "conv5": 7}
+    rng = np.random.default_rng(0)
+    for batch in (1, 32):
+        x = torch.randn(batch, 1, 28, 28, device=device)
+        for target in targets:
+            low = zoo.load_model("fmnist-alexnet").to(device)
+            for name, size in sizes.items():
+                conv = getattr(dense, name)
+                count = bases_for_speedup(conv, 2, target, size)
+                replace_layer(low, name, random_module(conv, 2, count, rng).to(device))
+            t_dense, t_low = time_pair(dense, low, x, repeats)
+            rows.append([batch, f">={target}x per layer (conv2-5)", f"{1e3 * t_dense:.2f} / {1e3 * t_low:.2f}",
+                         f"{t_dense / t_low:.2f}x"])
+            print(rows[-1], flush=True)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.inference_speed", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="bundled shapes and batch 1 only")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--repeats", type=int, default=10)
+    args = parser.parse_args(argv)
+    targets = (2, 4)
+    cases = BUNDLED if args.quick else BUNDLED + VGG
+    batches = (1,) if args.quick else (1, 32)
+    rows = layer_rows(cases, batches, targets, args.device, args.repeats)
+    whole = whole_model_rows(targets, args.device, args.repeats)
+    body = "\n\n".join([
+        f"## Inference speed on {args.device} (`python -m benchmarks.inference_speed --device {args.device}`)",
+        f"Machine: {machine()}.",
+        "Measured speedup = dense time / low-rank time (median of repeated runs, same input, same run); "
+        "theoretical = dense MACs / low-rank MACs; efficiency = measured / theoretical.",
+        markdown_table(["layer", "batch", "scheme", "target", "bases", "theoretical", "dense / low-rank ms",
+                        "measured", "efficiency"], rows),
+        "Whole fmnist-alexnet, Scheme 2 on conv2..conv5 with each layer at the target:",
+        markdown_table(["batch", "setting", "dense / low-rank ms", "measured speedup"], whole),
+    ])
+    write_section(f"inference-{args.device}", body)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+"""The never-slower guard: keep a dense conv wherever its low-rank replacement is not
+measurably faster on the real input shape.
+
+Each candidate is timed against the dense layer it replaces, side by side, on that layer's
+actual input (captured from one forward pass of an example batch); the low-rank module is
+kept only when dense time / low-rank time >= ``min_speedup`` (default 1.05: at least 5%).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from recon.timing import capture_layer_inputs, median_latency
+
+LOG = logging.getLogger("recon")
+MIN_SPEEDUP = 1.05
+
+
+@dataclass(frozen=True)
+class GuardDecision:
+    """Measured times of one layer and whether its low-rank module is kept."""
+
+    layer: str
+    dense_ms: float
+    low_rank_ms: float
+    kept: bool
+
+    @property
+    def speedup(self) -> float:
+        return self.dense_ms / self.low_rank_ms
+
+    def __str__(self) -> str:
+        verdict = "low-rank kept" if self.kept else "dense kept (low-rank not faster)"
+        return (f"guard {self.layer}: dense {self.dense_ms:.3f} ms, low-rank {self.low_rank_ms:.3f} ms, "
+                f"{self.speedup:.2f}x -> {verdict}")
+
+
+def time_replacement(dense: nn.Module, low_rank: nn.Module, inputs: torch.Tensor, name: str,
+                     min_speedup: float = MIN_SPEEDUP, repeats: int = 20) -> GuardDecision:
+    """Time ``low_rank`` against ``dense`` on ``inputs``; kept when faster by ``min_speedup``."""
+    t_dense = median_latency(dense, inputs, repeats)
+    t_low = median_latency(low_rank, inputs, repeats)
+    decision = GuardDecision(name, 1e3 * t_dense, 1e3 * t_low, t_dense / t_low >= min_speedup)
+    LOG.info("%s", decision)
+    return decision
+
+
+def guard_replacements(model: nn.Module, replacements: dict[str, nn.Module], example_input: torch.Tensor,
+                       min_speedup: float = MIN_SPEEDUP, repeats: int = 20) -> list[GuardDecision]:
+    """Decide for each named replacement (on ``model``'s real input shapes) whether to keep it."""
+    inputs = capture_layer_inputs(model, list(replacements), example_input)
+    return [time_replacement(model.get_submodule(name), module, inputs[name], name, min_speedup, repeats)
+            for name, module in replacements.items()]

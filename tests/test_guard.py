@@ -1,0 +1,76 @@
+"""The never-slower guard keeps dense convs where the low-rank module is not faster."""
+import time
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from recon import apply_bases
+from recon.guard import GuardDecision, guard_replacements, time_replacement
+from recon.modules import LowRankExpConv
+from recon.store import BasesFile, write_bases
+from tests.test_store import TwoConvs, layer_for
+
+
+class Sleepy(nn.Module):
+    """Computes like ``inner`` but takes at least ``seconds`` per call."""
+
+    def __init__(self, inner, seconds):
+        super().__init__()
+        self.inner, self.seconds = inner, seconds
+
+    def forward(self, x):
+        time.sleep(self.seconds)
+        return self.inner(x)
+
+
+def test_real_timing_rejects_a_slower_replacement_and_keeps_a_faster_one():
+    conv = nn.Conv2d(4, 4, 3, padding=1)
+    x = torch.randn(1, 4, 8, 8)
+    slow = Sleepy(LowRankExpConv.from_conv(conv, 2, 2), 0.1)
+    assert not time_replacement(conv, slow, x, "slow", repeats=3).kept
+    fast = LowRankExpConv.from_conv(conv, 2, 2)
+    decision = time_replacement(Sleepy(conv, 0.1), fast, x, "fast", repeats=3)
+    assert decision.kept and decision.speedup > 1.05
+
+
+@pytest.mark.parametrize("dense_ms, low_ms, kept", [(1.0, 0.9, True), (1.0, 0.97, False), (1.0, 1.5, False)])
+def test_decision_threshold_is_five_percent(monkeypatch, dense_ms, low_ms, kept):
+    conv = nn.Conv2d(3, 3, 3)
+    low = LowRankExpConv.from_conv(conv, 2, 2)
+    monkeypatch.setattr("recon.guard.median_latency",
+                        lambda module, inputs, repeats: (dense_ms if module is conv else low_ms) / 1e3)
+    decision = time_replacement(conv, low, torch.zeros(1, 3, 5, 5), "c")
+    assert decision == GuardDecision("c", pytest.approx(dense_ms), pytest.approx(low_ms), kept)
+
+
+def test_apply_bases_with_example_input_keeps_only_faster_layers(tmp_path, monkeypatch):
+    model = TwoConvs()
+    rng = np.random.default_rng(0)
+    layers = {"conv_a": layer_for(model, "conv_a", 2, rng), "block.1": layer_for(model, "block.1", 2, rng)}
+    path = write_bases(tmp_path / "b.h5", BasesFile("two-convs", "abc", layers))
+    # conv_a's replacement is "faster", block.1's is "slower"
+    fake = {"conv_a": (2.0, 1.0), "block.1": (1.0, 2.0)}
+    decisions = []
+
+    def fake_guard(model, replacements, example, min_speedup):
+        result = [GuardDecision(name, *fake[name], fake[name][0] / fake[name][1] >= min_speedup)
+                  for name in replacements]
+        decisions.extend(result)
+        return result
+
+    monkeypatch.setattr("recon.surgery.guard_replacements", fake_guard)
+    block = model.block[1]
+    apply_bases(model, path, example_input=torch.randn(1, 3, 11, 9))
+    assert isinstance(model.conv_a, LowRankExpConv)
+    assert model.block[1] is block
+    assert {d.layer for d in decisions} == {"conv_a", "block.1"}
+
+
+def test_guard_replacements_times_on_real_input_shapes():
+    model = TwoConvs()
+    replacements = {"block.1": LowRankExpConv.from_conv(model.block[1], 2, 2)}
+    decisions = guard_replacements(model, replacements, torch.randn(2, 3, 11, 9), repeats=3)
+    assert [d.layer for d in decisions] == ["block.1"]
+    assert decisions[0].dense_ms > 0 and decisions[0].low_rank_ms > 0
