@@ -15,12 +15,14 @@ from pathlib import Path
 
 import torch
 
-from recon import data, sources
+from recon import data, ranks, sources
 from recon.evaluate import accuracy
 from recon.fitting import FitSettings, check_num_bases, fit_model, layer_input_sizes
 from recon.modules import ConvGeometry
+from recon.stats import gather_moments
 from recon.store import BasesFileError, LayerBases, model_sha256, update_bases
 from recon.surgery import eligible_layers, get_conv
+from recon.timing import median_latency
 from solvers.schedule import LambdaSchedule
 
 DEFAULTS = LambdaSchedule()
@@ -37,8 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default for the bundled model: Fashion-MNIST training images)")
     parser.add_argument("--layer", action="append", required=True,
                         help="qualified conv name (repeatable), or 'all' for every eligible conv")
-    parser.add_argument("--bases", required=True,
-                        help="number of bases for every layer, or name=N pairs separated by commas")
+    parser.add_argument("--bases",
+                        help="number of bases for every layer, or name=N pairs separated by commas "
+                        "(required unless --target-speedup chooses them)")
+    parser.add_argument("--target-speedup", type=float,
+                        help="choose Scheme 2 ranks per layer so that the measured whole-model speedup "
+                        "(batch of --guard-batch) reaches this factor; layers that don't pay stay dense")
     parser.add_argument("--scheme", type=int, choices=(1, 2), default=2, help="Jaderberg et al. scheme")
     parser.add_argument("--mode", choices=("filter", "data"),
                         help="reconstruct the weights (filter) or the layer's responses (data); "
@@ -116,15 +122,42 @@ def print_table(rows: list[tuple[LayerBases, float]]) -> None:
               f"{layer.theoretical_speedup:>7.2f}x {seconds:>7.2f}")
 
 
-def guard_example(args: argparse.Namespace, batches, example: torch.Tensor | None) -> torch.Tensor | None:
-    """The batch the guard times layers on: --guard-batch inputs shaped like the data."""
-    if not args.guard:
-        return None
+def timing_example(args: argparse.Namespace, example: torch.Tensor | None) -> torch.Tensor:
+    """The batch that layers and models are timed on: --guard-batch inputs shaped like the data."""
     if example is None:
-        raise ValueError("--guard needs data (--data for a user model) to know the layers' input shapes")
+        raise ValueError("--guard and --target-speedup need data (--data for a user model) to time layers "
+                         "on their real input shapes")
     if args.guard_batch < 1:
         raise ValueError(f"--guard-batch must be >= 1, got {args.guard_batch}")
     return example[:1].expand(args.guard_batch, *example.shape[1:]).contiguous()
+
+
+def guard_example(args: argparse.Namespace, example: torch.Tensor | None) -> torch.Tensor | None:
+    """The guard's timing batch, or None when --guard is off."""
+    return timing_example(args, example) if args.guard else None
+
+
+def choose_ranks(args: argparse.Namespace, model: torch.nn.Module, layers: list[str], batches, example,
+                 sizes: dict[str, tuple[int, int]]) -> dict[str, int]:
+    """Scheme 2 ranks per layer meeting --target-speedup as measured; dense layers are left out."""
+    if args.scheme != 2:
+        raise ValueError("--target-speedup selects Scheme 2 ranks; use --scheme 2")
+    if batches is None:
+        raise ValueError("--target-speedup needs data to rank layers by data error (--data for a user model)")
+    timing_batch = timing_example(args, example)
+    options = [ranks.layer_options(get_conv(model, name), name,
+                                   gather_moments(model, name, batches(), None, args.patches_per_image or None,
+                                                  args.seed), sizes[name]) for name in layers]
+    all_macs = ranks.dense_macs_by_layer(model, example)
+    other = sum(macs for name, macs in all_macs.items() if name not in layers)
+    report = lambda line: print(line, file=sys.stderr)
+    selection = ranks.select_ranks(model, options, other, args.target_speedup, timing_batch, report=report)
+    chosen = {name: rank for name, rank in selection.ranks.items() if rank is not None}
+    print(f"chosen ranks {chosen}: predicted {selection.predicted:.2f}x from MACs, measured {selection.measured:.2f}x "
+          "with truncated-SVD factors", file=sys.stderr)
+    if not chosen:
+        raise ValueError("no layer pays off at this target; nothing to fit")
+    return chosen
 
 
 def run(args: argparse.Namespace) -> int:
@@ -140,9 +173,8 @@ def run(args: argparse.Namespace) -> int:
     if mode == "data" and batches is None:
         raise ValueError("--mode data needs --data package.module:factory for a user model")
     layers = resolve_layers(model, args.layer)
-    counts = parse_bases(args.bases, layers)
-    for name in layers:
-        check_num_bases(get_conv(model, name), args.scheme, counts[name], name)
+    if (args.bases is None) == (args.target_speedup is None):
+        raise ValueError("give exactly one of --bases and --target-speedup")
     out = args.out or Path("bases") / f"{Path(args.model.replace(':', '.')).name}.h5"
     if not out.parent.is_dir():
         raise BasesFileError(f"output folder {out.parent} does not exist; create it or choose another --out")
@@ -150,10 +182,17 @@ def run(args: argparse.Namespace) -> int:
     example = example[0] if isinstance(example, (tuple, list)) else example
     sizes = (layer_input_sizes(model, layers, example[:1]) if example is not None
              else {name: (1024, 1024) for name in layers})
+    if args.target_speedup is not None:
+        counts = choose_ranks(args, model, layers, batches, example, sizes)
+        layers = list(counts)
+    else:
+        counts = parse_bases(args.bases, layers)
+    for name in layers:
+        check_num_bases(get_conv(model, name), args.scheme, counts[name], name)
     settings = FitSettings(
         scheme=args.scheme, mode=mode, asymmetric=args.asymmetric, lbfgs_iterations=args.lbfgs_iterations,
         patches_per_image=args.patches_per_image or None, seed=args.seed,
-        guard_input=guard_example(args, batches, example),
+        guard_input=guard_example(args, example),
         schedule=LambdaSchedule(args.lambda_min, args.lambda_max, args.lambda_growth, args.stages,
                                 args.steps_per_stage, args.rank_tol).validate())
     model_hash = model_sha256(model)
@@ -172,6 +211,11 @@ def run(args: argparse.Namespace) -> int:
     print_table(rows)
     if sizes and example is None:
         print("(speedups are for large inputs: no data was given to measure layer input sizes)")
+    if args.target_speedup is not None:
+        timing_batch = timing_example(args, example)
+        measured = median_latency(model, timing_batch) / median_latency(approx, timing_batch)
+        print(f"whole model: target {args.target_speedup:.2f}x, measured {measured:.2f}x "
+              f"(batch {args.guard_batch}, fitted bases)")
     if args.eval:
         if not bundled:
             raise ValueError("--eval measures Fashion-MNIST test accuracy and needs the bundled model")
