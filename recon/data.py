@@ -84,7 +84,7 @@ def _split_file(split: str, kind: str) -> Path:
 def load_split(split: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Images as uint8 (n, 28, 28) and labels as int64 (n,) for ``split`` in {train, test}."""
     if split not in SPLIT_SIZES:
-        raise ValueError(f"unknown split {split!r}; allowed: {sorted(SPLIT_SIZES)}")
+        raise ValueError(f"unknown split {split!r}; allowed: {sorted(SPLIT_SIZES)} (and 'validation' in dataset())")
     count = SPLIT_SIZES[split]
     images = _read_idx(_split_file(split, "images"), IMAGE_MAGIC, count, (IMAGE_SIZE, IMAGE_SIZE))
     label_path = _split_file(split, "labels")
@@ -99,17 +99,31 @@ def normalize(images: torch.Tensor) -> torch.Tensor:
     return ((images.float() / 255.0 - PIXEL_MEAN) / PIXEL_STD).unsqueeze(1)
 
 
-def dataset(split: str, limit: int | None = None) -> TensorDataset:
-    """Normalised images and labels of a split, optionally only the first ``limit``."""
+VALIDATION_SIZE = 5_000  # the last 5,000 training images: for model selection, never for fitting
+
+
+def dataset(split: str, limit: int | None = None, offset: int = 0) -> TensorDataset:
+    """Normalised images and labels of a split: ``limit`` items from ``offset`` (default all).
+
+    ``split`` may also be ``validation``: the last VALIDATION_SIZE training images. Fitting
+    code that wants data disjoint from it uses ``fit_split_size()`` training images at most.
+    """
+    if split == "validation":
+        split, offset = "train", SPLIT_SIZES["train"] - VALIDATION_SIZE + offset
+        limit = VALIDATION_SIZE if limit is None else min(limit, VALIDATION_SIZE)
     images, labels = load_split(split)
-    if limit is not None:
-        images, labels = images[:limit], labels[:limit]
-    return TensorDataset(normalize(images), labels)
+    stop = None if limit is None else offset + limit
+    return TensorDataset(normalize(images[offset:stop]), labels[offset:stop])
+
+
+def fit_split_size() -> int:
+    """How many leading training images are disjoint from the validation split."""
+    return SPLIT_SIZES["train"] - VALIDATION_SIZE
 
 
 def loader(split: str, batch_size: int = 256, limit: int | None = None,
-           shuffle: bool = False, seed: int = 0) -> DataLoader:
-    """A DataLoader over ``dataset(split, limit)``; shuffling is seeded."""
+           shuffle: bool = False, seed: int = 0, offset: int = 0) -> DataLoader:
+    """A DataLoader over ``dataset(split, limit, offset)``; shuffling is seeded."""
     generator = torch.Generator().manual_seed(seed) if shuffle else None
-    return DataLoader(dataset(split, limit), batch_size=batch_size, shuffle=shuffle,
+    return DataLoader(dataset(split, limit, offset), batch_size=batch_size, shuffle=shuffle,
                       generator=generator)

@@ -11,21 +11,26 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from recon import data, ranks, sources
+from recon.baselines import peer_layer
 from recon.evaluate import accuracy
 from recon.fitting import FitSettings, check_num_bases, fit_model, layer_input_sizes
 from recon.modules import ConvGeometry
+from recon.search import search_ranks
 from recon.stats import gather_moments
 from recon.store import BasesFileError, LayerBases, model_sha256, update_bases
-from recon.surgery import eligible_layers, get_conv
+from recon.surgery import eligible_layers, get_conv, get_linear
 from recon.timing import median_latency
 from solvers.schedule import LambdaSchedule
 
 DEFAULTS = LambdaSchedule()
+PEER_METHODS = ("cp", "tucker2", "svd")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,10 +47,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--bases",
                         help="number of bases for every layer, or name=N pairs separated by commas "
                         "(required unless --target-speedup chooses them)")
+    parser.add_argument("--accuracy-budget", type=float,
+                        help="choose bases per layer by bisection so that validation accuracy (last 5,000 "
+                        "training images) drops by at most this many points in total (bundled model)")
     parser.add_argument("--target-speedup", type=float,
                         help="choose Scheme 2 ranks per layer so that the measured whole-model speedup "
                         "(batch of --guard-batch) reaches this factor; layers that don't pay stay dense")
     parser.add_argument("--scheme", type=int, choices=(1, 2), default=2, help="Jaderberg et al. scheme")
+    parser.add_argument("--method", choices=("scheme1", "scheme2") + PEER_METHODS,
+                        help="scheme1/scheme2 (same as --scheme), or a peer for comparison: cp (rank R), "
+                        "tucker2 (R for both ranks, or 'evbmf'), svd (nn.Linear layers, rank R); peers "
+                        "reconstruct weights only")
     parser.add_argument("--mode", choices=("filter", "data"),
                         help="reconstruct the weights (filter) or the layer's responses (data); "
                         "default: data when data is available, else filter")
@@ -160,8 +172,39 @@ def choose_ranks(args: argparse.Namespace, model: torch.nn.Module, layers: list[
     return chosen
 
 
+def peer_rank(args: argparse.Namespace, model: torch.nn.Module, name: str) -> int | tuple[int, int] | None:
+    """The rank ``--bases`` gives a peer for layer ``name`` (Tucker-2: both ranks, capped; None: EVBMF)."""
+    if args.method == "tucker2" and args.bases == "evbmf":
+        return None
+    count = parse_bases(args.bases, [name])[name]
+    if args.method != "tucker2":
+        return count
+    conv = get_conv(model, name)
+    return min(count, conv.out_channels), min(count, conv.in_channels)
+
+
+def fit_peers(args: argparse.Namespace, model: torch.nn.Module, out: Path, sizes) -> int:
+    """Fit a peer decomposition (``--method cp|tucker2|svd``) to each layer and save it."""
+    rows = []
+    model_hash = model_sha256(model)
+    for name in args.layer:
+        rank = peer_rank(args, model, name)
+        layer = get_linear(model, name) if args.method == "svd" else get_conv(model, name)
+        start = time.perf_counter()
+        record = peer_layer(layer, name, args.method, rank, sizes.get(name))
+        update_bases(out, args.model, model_hash, [record])
+        rows.append((record, time.perf_counter() - start))
+    print(f"{'layer':<14} {'method':>8} {'filter err':>10} {'speedup':>8} {'fit s':>7}")
+    for record, seconds in rows:
+        print(f"{record.name:<14} {record.method:>8} {record.filter_rel_error:>10.4f} "
+              f"{record.theoretical_speedup:>7.2f}x {seconds:>7.2f}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     model = sources.load_model(args.model, args.weights)
+    if args.method in ("scheme1", "scheme2"):
+        args.scheme = int(args.method[-1])
     bundled = args.model in sources.zoo.BUNDLED
     if args.data is None and bundled:
         batches = lambda: data.loader("train", batch_size=250, limit=args.samples)
@@ -172,29 +215,47 @@ def run(args: argparse.Namespace) -> int:
     mode = args.mode or ("data" if batches is not None else "filter")
     if mode == "data" and batches is None:
         raise ValueError("--mode data needs --data package.module:factory for a user model")
-    layers = resolve_layers(model, args.layer)
-    if (args.bases is None) == (args.target_speedup is None):
-        raise ValueError("give exactly one of --bases and --target-speedup")
     out = args.out or Path("bases") / f"{Path(args.model.replace(':', '.')).name}.h5"
     if not out.parent.is_dir():
         raise BasesFileError(f"output folder {out.parent} does not exist; create it or choose another --out")
+    if args.method in PEER_METHODS:
+        if args.bases is None or "all" in args.layer:
+            raise ValueError(f"--method {args.method} needs --bases and explicitly named --layer(s)")
+        if args.method == "svd" or batches is None:
+            sizes = {name: (1024, 1024) for name in args.layer}
+        else:
+            sizes = layer_input_sizes(model, args.layer, next(iter(batches()))[0][:1])
+        return fit_peers(args, model, out, sizes)
+    layers = resolve_layers(model, args.layer)
+    choices = [args.bases is not None, args.target_speedup is not None, args.accuracy_budget is not None]
+    if sum(choices) != 1:
+        raise ValueError("give exactly one of --bases, --target-speedup and --accuracy-budget")
+    if bundled and args.samples > data.fit_split_size():
+        raise ValueError(f"--samples must be <= {data.fit_split_size()}: the last {data.VALIDATION_SIZE} "
+                         "training images are the validation split")
     example = next(iter(batches())) if batches is not None else None
     example = example[0] if isinstance(example, (tuple, list)) else example
     sizes = (layer_input_sizes(model, layers, example[:1]) if example is not None
              else {name: (1024, 1024) for name in layers})
-    if args.target_speedup is not None:
-        counts = choose_ranks(args, model, layers, batches, example, sizes)
-        layers = list(counts)
-    else:
-        counts = parse_bases(args.bases, layers)
-    for name in layers:
-        check_num_bases(get_conv(model, name), args.scheme, counts[name], name)
     settings = FitSettings(
         scheme=args.scheme, mode=mode, asymmetric=args.asymmetric, lbfgs_iterations=args.lbfgs_iterations,
         patches_per_image=args.patches_per_image or None, seed=args.seed,
         guard_input=guard_example(args, example),
         schedule=LambdaSchedule(args.lambda_min, args.lambda_max, args.lambda_growth, args.stages,
                                 args.steps_per_stage, args.rank_tol).validate())
+    if args.target_speedup is not None:
+        counts = choose_ranks(args, model, layers, batches, example, sizes)
+        layers = list(counts)
+    elif args.accuracy_budget is not None:
+        if not bundled:
+            raise ValueError("--accuracy-budget measures Fashion-MNIST validation accuracy: bundled model only")
+        counts = search_ranks(model, layers, replace(settings, guard_input=None), batches, sizes,
+                              data.loader("validation", batch_size=500), args.accuracy_budget / 100,
+                              report=lambda line: print(line, file=sys.stderr))
+    else:
+        counts = parse_bases(args.bases, layers)
+    for name in layers:
+        check_num_bases(get_conv(model, name), args.scheme, counts[name], name)
     model_hash = model_sha256(model)
     rows: list[tuple[LayerBases, float]] = []
 

@@ -58,13 +58,72 @@ class LayerBases:
         return LowRankExpConv.from_bases(self.geometry, self.vertical, self.horizontal, self.coeffs, self.bias)
 
 
+PEER_FACTORS = {
+    "cp": ("out_factor", "in_factor", "row_factor", "col_factor"),
+    "tucker2": ("core", "out_factor", "in_factor"),
+    "svd": ("first", "second"),
+}
+
+
+@dataclass
+class PeerLayer:
+    """A peer decomposition of one layer (CP, Tucker-2 of a conv; truncated SVD of a Linear).
+
+    cp: out_factor (N,R), in_factor (C,R), row_factor (kh,R), col_factor (kw,R);
+    tucker2: core (R_out,R_in,kh,kw), out_factor (N,R_out), in_factor (C,R_in);
+    svd: first (R,in_features), second (out_features,R). ``geometry`` is None for svd.
+    """
+
+    name: str
+    method: str
+    factors: dict[str, np.ndarray]
+    bias: np.ndarray | None
+    weight_sha256: str
+    geometry: ConvGeometry | None = None
+    features: tuple[int, int] | None = None
+    filter_rel_error: float = float("nan")
+    theoretical_speedup: float = float("nan")
+
+    def to_module(self) -> torch.nn.Module:
+        from recon import baselines
+
+        f = self.factors
+        if self.method == "cp":
+            return baselines.CPConv(self.geometry, f["out_factor"], f["in_factor"], f["row_factor"],
+                                    f["col_factor"], self.bias)
+        if self.method == "tucker2":
+            return baselines.Tucker2Conv(self.geometry, f["core"], f["out_factor"], f["in_factor"], self.bias)
+        return baselines.low_rank_linear(f["first"], f["second"], self.bias)
+
+
+def _peer_shapes(layer: PeerLayer) -> dict[str, tuple[int, ...]]:
+    f = layer.factors
+    if layer.method == "svd":
+        rank = f["first"].shape[0]
+        shapes = {"first": (rank, layer.features[0]), "second": (layer.features[1], rank)}
+        out = layer.features[1]
+    else:
+        g = layer.geometry
+        (kh, kw), n, c = g.kernel_size, g.out_channels, g.in_channels
+        out = n
+        if layer.method == "cp":
+            rank = f["in_factor"].shape[1]
+            shapes = {"out_factor": (n, rank), "in_factor": (c, rank), "row_factor": (kh, rank), "col_factor": (kw, rank)}
+        else:
+            r_out, r_in = f["core"].shape[:2]
+            shapes = {"core": (r_out, r_in, kh, kw), "out_factor": (n, r_out), "in_factor": (c, r_in)}
+    if layer.bias is not None:
+        shapes["bias"] = (out,)
+    return shapes
+
+
 @dataclass
 class BasesFile:
     """A whole bases file: which model it belongs to and its layers by qualified name."""
 
     model: str
     model_sha256: str
-    layers: dict[str, LayerBases]
+    layers: dict[str, LayerBases | PeerLayer]
     created: str = ""
     recon_version: str = RECON_VERSION
 
@@ -96,23 +155,40 @@ def _expected_shapes(layer: LayerBases) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def validate_layer(layer: LayerBases, where: str = "") -> None:
-    """Raise BasesFileError naming the layer and field that breaks schema v1."""
-    at = f"{where}layer {layer.name!r}"
-    if layer.scheme not in (1, 2):
-        raise BasesFileError(f"{at}: scheme must be 1 or 2, got {layer.scheme!r}")
-    if layer.mode not in MODES:
-        raise BasesFileError(f"{at}: mode must be one of {MODES}, got {layer.mode!r}")
-    if (layer.coeffs is None) != (layer.scheme == 2):
-        raise BasesFileError(f"{at}: field 'coeffs' is required for scheme 1 and absent for scheme 2")
-    for name, shape in _expected_shapes(layer).items():
-        array = getattr(layer, name)
+def _check_arrays(arrays: dict[str, np.ndarray], shapes: dict[str, tuple[int, ...]], at: str) -> None:
+    for name, shape in shapes.items():
+        if name not in arrays or arrays[name] is None:
+            raise BasesFileError(f"{at}: field {name!r} is missing")
+        array = arrays[name]
         if array.shape != shape:
             raise BasesFileError(f"{at}: field {name!r} has shape {array.shape}, expected {shape}")
         if array.dtype.kind != "f":
             raise BasesFileError(f"{at}: field {name!r} has dtype {array.dtype}, expected floating point")
         if not np.all(np.isfinite(array)):
             raise BasesFileError(f"{at}: field {name!r} contains NaN or infinite values")
+
+
+def validate_layer(layer: LayerBases | PeerLayer, where: str = "") -> None:
+    """Raise BasesFileError naming the layer and field that breaks schema v1."""
+    at = f"{where}layer {layer.name!r}"
+    if isinstance(layer, PeerLayer):
+        if layer.method not in PEER_FACTORS:
+            raise BasesFileError(f"{at}: method must be one of {sorted(PEER_FACTORS)}, got {layer.method!r}")
+        if (layer.method == "svd") != (layer.features is not None):
+            raise BasesFileError(f"{at}: 'svd' layers need in/out features and other methods a conv geometry")
+        missing = [f for f in PEER_FACTORS[layer.method] if f not in layer.factors]
+        if missing:
+            raise BasesFileError(f"{at}: field {missing[0]!r} is missing")
+        _check_arrays({**layer.factors, "bias": layer.bias}, _peer_shapes(layer), at)
+        return
+    if layer.scheme not in (1, 2):
+        raise BasesFileError(f"{at}: scheme must be 1 or 2, got {layer.scheme!r}")
+    if layer.mode not in MODES:
+        raise BasesFileError(f"{at}: mode must be one of {MODES}, got {layer.mode!r}")
+    if (layer.coeffs is None) != (layer.scheme == 2):
+        raise BasesFileError(f"{at}: field 'coeffs' is required for scheme 1 and absent for scheme 2")
+    shapes = _expected_shapes(layer)
+    _check_arrays({name: getattr(layer, name) for name in shapes}, shapes, at)
 
 
 def _geometry_attrs(geometry: ConvGeometry) -> dict[str, object]:
@@ -122,7 +198,23 @@ def _geometry_attrs(geometry: ConvGeometry) -> dict[str, object]:
             "padding": padding, "dilation": np.array(geometry.dilation), "groups": 1}
 
 
-def _write_layer(group: h5py.Group, layer: LayerBases) -> None:
+def _write_peer(group: h5py.Group, layer: PeerLayer) -> None:
+    attrs = {"method": layer.method, "weight_sha256": layer.weight_sha256,
+             "filter_rel_error": layer.filter_rel_error, "theoretical_speedup": layer.theoretical_speedup}
+    if layer.geometry is not None:
+        attrs.update(_geometry_attrs(layer.geometry))
+    else:
+        attrs.update({"in_features": layer.features[0], "out_features": layer.features[1]})
+    group.attrs.update(attrs)
+    for name, array in {**layer.factors, "bias": layer.bias}.items():
+        if array is not None:
+            group.create_dataset(name, data=np.asarray(array, np.float32))
+
+
+def _write_layer(group: h5py.Group, layer: LayerBases | PeerLayer) -> None:
+    if isinstance(layer, PeerLayer):
+        _write_peer(group, layer)
+        return
     attrs = {"scheme": layer.scheme, "num_bases": layer.num_bases, "mode": layer.mode,
              "lambda_final": layer.lambda_final, "filter_rel_error": layer.filter_rel_error,
              "data_rel_error": layer.data_rel_error, "theoretical_speedup": layer.theoretical_speedup,
@@ -179,8 +271,27 @@ def _read_geometry(group: h5py.Group, where: str) -> ConvGeometry:
                         pair("dilation"))
 
 
-def _read_layer(name: str, group: h5py.Group, path: Path) -> LayerBases:
+def _read_peer(name: str, group: h5py.Group, path: Path, method: str) -> PeerLayer:
     where = f"{path}: layer {name!r}"
+    dataset = lambda key: np.asarray(group[key]) if key in group else None
+    if method not in PEER_FACTORS:
+        raise BasesFileError(f"{where}: method must be one of {sorted(PEER_FACTORS)}, got {method!r}")
+    svd = method == "svd"
+    layer = PeerLayer(
+        name=name, method=method, factors={key: dataset(key) for key in PEER_FACTORS[method] if key in group},
+        bias=dataset("bias"), weight_sha256=str(_attr(group, "weight_sha256", where)),
+        geometry=None if svd else _read_geometry(group, where),
+        features=(int(_attr(group, "in_features", where)), int(_attr(group, "out_features", where))) if svd else None,
+        filter_rel_error=float(_attr(group, "filter_rel_error", where)),
+        theoretical_speedup=float(_attr(group, "theoretical_speedup", where)))
+    validate_layer(layer, f"{path}: ")
+    return layer
+
+
+def _read_layer(name: str, group: h5py.Group, path: Path) -> LayerBases | PeerLayer:
+    where = f"{path}: layer {name!r}"
+    if "method" in group.attrs:
+        return _read_peer(name, group, path, str(_attr(group, "method", where)))
     dataset = lambda key: np.asarray(group[key]) if key in group else None
     for key in ("vertical", "horizontal"):
         if key not in group:
@@ -229,7 +340,7 @@ def read_bases(path: str | os.PathLike) -> BasesFile:
 
 
 def update_bases(path: str | os.PathLike, model: str, model_hash: str,
-                 layers: list[LayerBases]) -> BasesFile:
+                 layers: list[LayerBases | PeerLayer]) -> BasesFile:
     """Add or replace ``layers`` in the file at ``path`` (created if absent), atomically.
 
     Layers already in the file and not in ``layers`` are kept. A file fitted to another

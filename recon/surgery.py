@@ -8,7 +8,7 @@ from torch import nn
 
 from recon.guard import guard_replacements
 from recon.modules import ConvGeometry, LowRankExpConv
-from recon.store import BasesFileError, LayerBases, read_bases, weight_sha256
+from recon.store import BasesFileError, LayerBases, PeerLayer, read_bases, weight_sha256
 
 
 def is_eligible(module: nn.Module) -> bool:
@@ -22,15 +22,20 @@ def eligible_layers(model: nn.Module) -> list[str]:
     return [name for name, module in model.named_modules() if is_eligible(module)]
 
 
-def get_conv(model: nn.Module, name: str) -> nn.Conv2d:
-    """The eligible conv called ``name`` (``conv2``, ``features.3``, ``layer3.0.conv1``)."""
+def _submodule(model: nn.Module, name: str, kind: type, hint: str = "") -> nn.Module:
+    """The submodule ``name``, which must be a ``kind``; KeyError/TypeError (plus ``hint``) if not."""
     try:
         module = model.get_submodule(name)
     except AttributeError:
-        raise KeyError(f"model has no layer {name!r}; eligible layers: {', '.join(eligible_layers(model))}") from None
-    if not isinstance(module, nn.Conv2d):
-        raise TypeError(f"layer {name!r} is a {type(module).__name__}, not an nn.Conv2d; "
-                        f"eligible layers: {', '.join(eligible_layers(model))}")
+        raise KeyError(f"model has no layer {name!r}{hint}") from None
+    if not isinstance(module, kind):
+        raise TypeError(f"layer {name!r} is a {type(module).__name__}, not an nn.{kind.__name__}{hint}")
+    return module
+
+
+def get_conv(model: nn.Module, name: str) -> nn.Conv2d:
+    """The eligible conv called ``name`` (``conv2``, ``features.3``, ``layer3.0.conv1``)."""
+    module = _submodule(model, name, nn.Conv2d, f"; eligible layers: {', '.join(eligible_layers(model))}")
     if tuple(module.kernel_size) == (1, 1):
         raise ValueError(f"layer {name!r} has a 1x1 kernel: nothing to separate")
     if not is_eligible(module):
@@ -53,10 +58,21 @@ def load_bases(path: str | os.PathLike) -> dict[str, LowRankExpConv]:
     return {name: layer.to_module() for name, layer in read_bases(path).layers.items()}
 
 
-def check_layer_matches(model: nn.Module, layer: LayerBases, allow_mismatch: bool = False) -> nn.Conv2d:
-    """The conv that ``layer`` was fitted to, after checking its geometry and weight hash."""
-    conv = get_conv(model, layer.name)
-    if ConvGeometry.of(conv) != layer.geometry:
+def get_linear(model: nn.Module, name: str) -> nn.Linear:
+    """The ``nn.Linear`` called ``name``."""
+    return _submodule(model, name, nn.Linear)
+
+
+def check_layer_matches(model: nn.Module, layer: LayerBases | PeerLayer, allow_mismatch: bool = False) -> nn.Module:
+    """The layer that ``layer`` was fitted to, after checking its shape and weight hash."""
+    if getattr(layer, "features", None) is not None:
+        conv = get_linear(model, layer.name)
+        if (conv.in_features, conv.out_features) != layer.features:
+            raise BasesFileError(f"layer {layer.name!r}: the model's Linear {conv.in_features}->{conv.out_features} "
+                                 f"does not match the bases' {layer.features[0]}->{layer.features[1]}")
+    else:
+        conv = get_conv(model, layer.name)
+    if layer.geometry is not None and ConvGeometry.of(conv) != layer.geometry:
         raise BasesFileError(f"layer {layer.name!r}: the model's conv {ConvGeometry.of(conv)} does not "
                              f"match the bases' {layer.geometry}")
     if not allow_mismatch and weight_sha256(conv.weight) != layer.weight_sha256:

@@ -121,3 +121,42 @@ def test_evaluate_rejects_bad_files(tmp_path, capsys):
     bad.write_bytes(b"junk")
     assert evaluate_main(["--bases", str(bad), "--limit", "10"]) == 2
     assert "not a readable HDF5 file" in capsys.readouterr().err
+
+
+def test_peer_methods_are_saved_and_loaded_like_schemes(tmp_path, capsys):
+    pytest.importorskip("tensorly")
+    out = tmp_path / "peers.h5"
+    for args in (["--layer", "features.0", "--method", "tucker2", "--bases", "evbmf"],
+                 ["--layer", "features.4", "--method", "cp", "--bases", "6"],
+                 ["--layer", "head", "--method", "svd", "--bases", "2"]):
+        code, stdout, err = run_fit(capsys, "--model", TINY, "--out", str(out), *args)
+        assert code == 0, err
+    layers = read_bases(out).layers
+    assert {name: layer.method for name, layer in layers.items()} == {
+        "features.0": "tucker2", "features.4": "cp", "head": "svd"}
+    from tests.fixture_models import tiny
+
+    model = tiny()
+    expected = copy.deepcopy(model)
+    for name, layer in layers.items():
+        parent, _, attr = name.rpartition(".")
+        setattr(expected.get_submodule(parent) if parent else expected, attr, layer.to_module())
+    apply_bases(model, out)
+    x = torch.randn(2, 3, 10, 10)
+    torch.testing.assert_close(model(x), expected(x))
+    assert type(model.head).__name__ == "LowRankLinear"
+
+
+def test_peer_and_budget_errors(tmp_path, capsys):
+    code, _, err = run_fit(capsys, "--model", TINY, "--layer", "features.0", "--method", "svd", "--bases", "2",
+                           "--out", str(tmp_path / "x.h5"))
+    assert code == 2 and "is a Conv2d, not an nn.Linear" in err
+    code, _, err = run_fit(capsys, "--model", TINY, "--layer", "all", "--method", "cp", "--bases", "2",
+                           "--out", str(tmp_path / "x.h5"))
+    assert code == 2 and "explicitly named --layer" in err
+    code, _, err = run_fit(capsys, "--model", TINY, "--layer", "all", "--accuracy-budget", "1",
+                           "--out", str(tmp_path / "x.h5"))
+    assert code == 2 and "bundled model only" in err
+    code, _, err = run_fit(capsys, "--layer", "conv2", "--bases", "4", "--samples", "59000",
+                           "--out", str(tmp_path / "x.h5"))
+    assert code == 2 and "--samples must be <= 55000" in err

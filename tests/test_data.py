@@ -58,3 +58,12 @@ def test_missing_file_names_the_debian_package(tmp_path, monkeypatch):
 def test_unknown_split():
     with pytest.raises(ValueError, match="allowed"):
         data.load_split("validation")
+
+
+def test_validation_split_is_the_tail_of_train_and_disjoint_from_fitting_images():
+    validation = data.dataset("validation")
+    train_images = data.dataset("train").tensors[0]
+    assert len(validation) == data.VALIDATION_SIZE
+    assert data.fit_split_size() + data.VALIDATION_SIZE == 60_000
+    assert (validation.tensors[0][0] == train_images[data.fit_split_size()]).all()
+    assert (data.dataset("train", limit=3, offset=10).tensors[0] == train_images[10:13]).all()

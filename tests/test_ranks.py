@@ -60,4 +60,4 @@ def test_cli_target_speedup_fits_chosen_ranks(tmp_path, capsys):
 
 def test_cli_needs_exactly_one_of_bases_and_target(tmp_path, capsys):
     assert fit.main(["--model", "tests.fixture_models:tiny", "--layer", "all", "--out", str(tmp_path / "x.h5")]) == 2
-    assert "exactly one of --bases and --target-speedup" in capsys.readouterr().err
+    assert "exactly one of --bases, --target-speedup and --accuracy-budget" in capsys.readouterr().err

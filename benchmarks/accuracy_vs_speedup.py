@@ -1,0 +1,163 @@
+"""Accuracy vs measured speedup for every method on the bundled model.
+
+    python -m benchmarks.accuracy_vs_speedup [--levels 2 4 10] [--finetune-images 10000]
+
+conv2..conv5 are all compressed by the same factor r of multiply-adds (each layer gets the
+largest rank whose MACs are at most dense / r). Methods: Scheme 2 with data reconstruction
+(asymmetric), Scheme 2 filter (truncated SVD), Scheme 1 data, CP, Tucker-2 (equal ranks).
+For each: test accuracy without fine-tuning, after one fine-tuning pass over
+``--finetune-images`` training images (all parameters, Adam 1e-4), measured whole-model
+speedup at batch 32 on this machine, and the conv MAC reduction. Writes a table to
+RESULTS.md and the plot benchmarks/accuracy_vs_speedup.png.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmarks.common import machine, markdown_table, write_section
+from recon import data, zoo
+from recon.baselines import DecompositionError, peer_layer, peer_macs
+from recon.evaluate import accuracy
+from recon.finetune import finetune
+from recon.fitting import FitSettings, fit_model, layer_input_sizes
+from recon.modules import ConvGeometry, Scheme1Conv, Scheme2Conv
+from recon.surgery import replace_layer
+from recon.timing import median_latency
+from solvers import scheme1, scheme2
+
+LAYERS = ("conv2", "conv3", "conv4", "conv5")
+PLOT = Path(__file__).resolve().parent / "accuracy_vs_speedup.png"
+
+
+def largest_rank(macs_of_rank, dense: int, factor: float, top: int) -> int | None:
+    """Largest rank in 1..top whose MACs are at most dense / factor."""
+    fitting = [rank for rank in range(1, top + 1) if macs_of_rank(rank) * factor <= dense]
+    return fitting[-1] if fitting else None
+
+
+def rank_for(method: str, conv, size: tuple[int, int], factor: float) -> int | None:
+    geometry = ConvGeometry.of(conv)
+    n, c, kh, kw = conv.weight.shape
+    dense = geometry.dense_macs(*size)
+    zeros = np.zeros
+    if method.startswith("scheme2"):
+        per = Scheme2Conv(geometry, zeros((1, c, kh)), zeros((n, 1, kw))).macs(size)
+        return largest_rank(lambda r: r * per, dense, factor, scheme2.max_rank(conv.weight.shape))
+    if method.startswith("scheme1"):
+        per = Scheme1Conv(geometry, zeros((1, kh)), zeros((1, kw)), zeros((n, c, 1))).macs(size)
+        return largest_rank(lambda r: r * per, dense, factor, scheme1.max_bases(conv.weight.shape))
+    if method == "cp":
+        cp = lambda r: peer_macs("cp", {"in_factor": zeros((c, r))}, geometry, size)
+        return largest_rank(cp, dense, factor, 4 * max(n, c))
+    tucker = lambda r: peer_macs("tucker2", {"core": zeros((min(r, n), min(r, c), kh, kw))}, geometry, size)
+    return largest_rank(tucker, dense, factor, max(n, c))
+
+
+def compress(model, method: str, factor: float, sizes, batches):
+    """The compressed model and its conv MACs per image; raises DecompositionError for failed CP fits."""
+    ranks = {name: rank_for(method, getattr(model, name), sizes[name], factor) for name in LAYERS}
+    ranks = {name: rank for name, rank in ranks.items() if rank is not None}
+    if method.startswith("scheme"):
+        scheme = int(method[6])
+        mode = "filter" if method.endswith("filter") else "data"
+        settings = FitSettings(scheme=scheme, mode=mode, asymmetric=method.endswith("asym"))
+        low = fit_model(model, ranks, settings, batches, sizes)
+        macs = {name: low.get_submodule(name).macs(sizes[name]) for name in ranks}
+    else:
+        low = copy.deepcopy(model)
+        macs = {}
+        for name, rank in ranks.items():
+            conv = getattr(model, name)
+            if method == "tucker2":
+                rank = (min(rank, conv.out_channels), min(rank, conv.in_channels))
+            record = peer_layer(conv, name, method, rank, sizes[name])
+            replace_layer(low, name, record.to_module())
+            macs[name] = peer_macs(method, record.factors, record.geometry, sizes[name])
+    dense = {name: ConvGeometry.of(getattr(model, name)).dense_macs(*sizes[name]) for name in LAYERS}
+    dense["conv1"] = ConvGeometry.of(model.conv1).dense_macs(28, 28)
+    total = sum(macs.get(name, dense[name]) for name in dense)
+    return low, ranks, sum(dense.values()) / total
+
+
+def plot(rows: list[dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for method in dict.fromkeys(row["method"] for row in rows):
+        points = [row for row in rows if row["method"] == method and row["accuracy"] is not None]
+        for axis, key in zip(axes, ("macs", "measured")):
+            axis.plot([p[key] for p in points], [100 * p["accuracy"] for p in points], "o-", label=method)
+    axes[0].set_xlabel("conv MAC reduction (x)")
+    axes[1].set_xlabel("measured whole-model speedup, batch 32 (x)")
+    axes[0].set_ylabel("test accuracy, no fine-tuning (%)")
+    for axis in axes:
+        axis.axhline(100 * rows[0]["dense"], color="grey", linestyle="--", linewidth=1)
+        axis.grid(alpha=0.3)
+    axes[1].legend(fontsize=8)
+    figure.suptitle("fmnist-alexnet: conv2-conv5 compressed by each method")
+    figure.tight_layout()
+    figure.savefig(PLOT, dpi=110)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.accuracy_vs_speedup", description=__doc__.splitlines()[0])
+    parser.add_argument("--levels", type=float, nargs="+", default=[2, 4, 10], help="MAC reduction factors per layer")
+    parser.add_argument("--methods", nargs="+",
+                        default=["scheme2-data-asym", "scheme2-filter", "scheme1-data", "cp", "tucker2"])
+    parser.add_argument("--finetune-images", type=int, default=10000, help="0 skips fine-tuning")
+    parser.add_argument("--samples", type=int, default=4000)
+    args = parser.parse_args(argv)
+    torch.manual_seed(0)
+    model = zoo.load_model("fmnist-alexnet")
+    test = data.loader("test", batch_size=500)
+    batches = lambda: data.loader("train", batch_size=250, limit=args.samples)
+    timing = next(iter(batches()))[0][:32].contiguous()
+    sizes = layer_input_sizes(model, list(LAYERS), timing[:1])
+    dense_acc = accuracy(model, test)
+    dense_time = median_latency(model, timing)
+    rows = []
+    for method in args.methods:
+        for level in args.levels:
+            row = {"method": method, "level": level, "dense": dense_acc, "accuracy": None}
+            try:
+                low, ranks, macs = compress(model, method, level, sizes, batches)
+            except DecompositionError as err:
+                row.update(note=f"failed: {err}")
+                rows.append(row)
+                print(row, flush=True)
+                continue
+            row.update(ranks=ranks, macs=macs, accuracy=accuracy(low, test),
+                       measured=dense_time / median_latency(low, timing))
+            if args.finetune_images:
+                finetune(low, 1, 1e-4, "all", limit=args.finetune_images, report=lambda line: None)
+                row["finetuned"] = accuracy(low, test)
+            rows.append(row)
+            print(row, flush=True)
+    plot(rows)
+    table = [[r["method"], f"{r['level']:g}x", r.get("ranks", r.get("note", "")),
+              "" if r["accuracy"] is None else f"{r['macs']:.2f}x",
+              "" if r["accuracy"] is None else f"{100 * r['accuracy']:.2f}",
+              f"{100 * r['finetuned']:.2f}" if "finetuned" in r else "",
+              "" if r["accuracy"] is None else f"{r['measured']:.2f}x"] for r in rows]
+    body = "\n\n".join([
+        "## Accuracy vs speedup, all methods (`python -m benchmarks.accuracy_vs_speedup`)",
+        f"Machine: {machine()}. Dense fmnist-alexnet: {100 * dense_acc:.2f}% test accuracy. conv2..conv5 each "
+        "reduced by the target factor of MACs (conv1 and the classifier stay dense; 'conv MACs' counts all five "
+        f"convs). Fine-tuned = one pass over {args.finetune_images} training images, all parameters, Adam 1e-4. "
+        "Measured = dense / low-rank time of the whole model at batch 32, same run.",
+        markdown_table(["method", "target", "ranks", "conv MACs", "test acc. %", "after fine-tune %", "measured"], table),
+        f"![accuracy vs speedup]({PLOT.name})",
+    ])
+    write_section("accuracy-vs-speedup", body)
+
+
+if __name__ == "__main__":
+    main()
