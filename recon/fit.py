@@ -40,13 +40,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", default="fmnist-alexnet",
                         help="bundled model name or package.module:factory returning an nn.Module")
     parser.add_argument("--weights", type=Path, help="state dict to load into a --model factory's model")
-    parser.add_argument("--data", help="package.module:factory returning an iterable of input batches "
-                        "(default for the bundled model: Fashion-MNIST training images)")
+    parser.add_argument("--data", help="package.module:factory returning an iterable of input batches; "
+                        "the bundled model uses Fashion-MNIST training images")
     parser.add_argument("--layer", action="append", required=True,
                         help="qualified conv name (repeatable), or 'all' for every eligible conv")
     parser.add_argument("--bases",
                         help="number of bases for every layer, or name=N pairs separated by commas "
-                        "(required unless --target-speedup chooses them)")
+                        "(or let --target-speedup / --accuracy-budget choose them)")
     parser.add_argument("--accuracy-budget", type=float,
                         help="choose bases per layer by bisection so that validation accuracy (last 5,000 "
                         "training images) drops by at most this many points in total (bundled model)")
@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "reconstruct weights only")
     parser.add_argument("--mode", choices=("filter", "data"),
                         help="reconstruct the weights (filter) or the layer's responses (data); "
-                        "default: data when data is available, else filter")
+                        "unset: data when data is available, else filter")
     parser.add_argument("--asymmetric", action="store_true",
                         help="data mode: fit each layer to inputs from the already approximated network")
     parser.add_argument("--samples", type=int, default=4000, help="images used for statistics")
@@ -201,51 +201,39 @@ def fit_peers(args: argparse.Namespace, model: torch.nn.Module, out: Path, sizes
     return 0
 
 
-def run(args: argparse.Namespace) -> int:
-    model = sources.load_model(args.model, args.weights)
-    if args.method in ("scheme1", "scheme2"):
-        args.scheme = int(args.method[-1])
-    bundled = args.model in sources.zoo.BUNDLED
-    if args.data is None and bundled:
-        batches = lambda: data.loader("train", batch_size=250, limit=args.samples)
-    elif args.data is not None:
-        batches = lambda: sources.load_batches(args.data)
-    else:
-        batches = None
-    mode = args.mode or ("data" if batches is not None else "filter")
-    if mode == "data" and batches is None:
-        raise ValueError("--mode data needs --data package.module:factory for a user model")
-    out = args.out or Path("bases") / f"{Path(args.model.replace(':', '.')).name}.h5"
-    if not out.parent.is_dir():
-        raise BasesFileError(f"output folder {out.parent} does not exist; create it or choose another --out")
-    if args.method in PEER_METHODS:
-        if args.bases is None or "all" in args.layer:
-            raise ValueError(f"--method {args.method} needs --bases and explicitly named --layer(s)")
-        if args.method == "svd" or batches is None:
-            sizes = {name: (1024, 1024) for name in args.layer}
-        else:
-            sizes = layer_input_sizes(model, args.layer, next(iter(batches()))[0][:1])
-        return fit_peers(args, model, out, sizes)
-    layers = resolve_layers(model, args.layer)
-    choices = [args.bases is not None, args.target_speedup is not None, args.accuracy_budget is not None]
-    if sum(choices) != 1:
+def data_source(args: argparse.Namespace, bundled: bool):
+    """A callable returning a fresh iterable of batches, or None when there is no data."""
+    if args.data is not None:
+        return lambda: sources.load_batches(args.data)
+    if bundled:
+        if args.samples > data.fit_split_size():
+            raise ValueError(f"--samples must be <= {data.fit_split_size()}: the last {data.VALIDATION_SIZE} "
+                             "training images are the validation split")
+        return lambda: data.loader("train", batch_size=250, limit=args.samples)
+    return None
+
+
+def first_inputs(batches) -> torch.Tensor | None:
+    """The input tensor of the first batch (batches may yield tensors or (inputs, labels))."""
+    if batches is None:
+        return None
+    batch = next(iter(batches()))
+    return batch[0] if isinstance(batch, (tuple, list)) else batch
+
+
+def input_sizes(model: torch.nn.Module, layers: list[str], example: torch.Tensor | None) -> dict:
+    """Each layer's input (H, W) from one example image; large-input limit without data."""
+    if example is None:
+        return {name: (1024, 1024) for name in layers}
+    return layer_input_sizes(model, layers, example[:1])
+
+
+def choose_counts(args, model, layers, settings, batches, example, sizes, bundled) -> dict[str, int]:
+    """Bases per layer from --bases, --target-speedup or --accuracy-budget."""
+    if sum(x is not None for x in (args.bases, args.target_speedup, args.accuracy_budget)) != 1:
         raise ValueError("give exactly one of --bases, --target-speedup and --accuracy-budget")
-    if bundled and args.samples > data.fit_split_size():
-        raise ValueError(f"--samples must be <= {data.fit_split_size()}: the last {data.VALIDATION_SIZE} "
-                         "training images are the validation split")
-    example = next(iter(batches())) if batches is not None else None
-    example = example[0] if isinstance(example, (tuple, list)) else example
-    sizes = (layer_input_sizes(model, layers, example[:1]) if example is not None
-             else {name: (1024, 1024) for name in layers})
-    settings = FitSettings(
-        scheme=args.scheme, mode=mode, asymmetric=args.asymmetric, lbfgs_iterations=args.lbfgs_iterations,
-        patches_per_image=args.patches_per_image or None, seed=args.seed,
-        guard_input=guard_example(args, example),
-        schedule=LambdaSchedule(args.lambda_min, args.lambda_max, args.lambda_growth, args.stages,
-                                args.steps_per_stage, args.rank_tol).validate())
     if args.target_speedup is not None:
         counts = choose_ranks(args, model, layers, batches, example, sizes)
-        layers = list(counts)
     elif args.accuracy_budget is not None:
         if not bundled:
             raise ValueError("--accuracy-budget measures Fashion-MNIST validation accuracy: bundled model only")
@@ -254,24 +242,13 @@ def run(args: argparse.Namespace) -> int:
                               report=lambda line: print(line, file=sys.stderr))
     else:
         counts = parse_bases(args.bases, layers)
-    for name in layers:
-        check_num_bases(get_conv(model, name), args.scheme, counts[name], name)
-    model_hash = model_sha256(model)
-    rows: list[tuple[LayerBases, float]] = []
+    for name, count in counts.items():
+        check_num_bases(get_conv(model, name), args.scheme, count, name)
+    return counts
 
-    def save(layer: LayerBases, seconds: float) -> None:
-        update_bases(out, args.model, model_hash, [layer])
-        rows.append((layer, seconds))
-        print(f"{layer.name}: fitted {layer.num_bases} bases in {seconds:.2f} s, saved to {out}", file=sys.stderr)
-        warn_if_slower(layer)
 
-    print(f"fitting {', '.join(layers)} of {args.model}: scheme {args.scheme}, {mode} reconstruction"
-          f"{' (asymmetric)' if args.asymmetric and mode == 'data' else ''}", file=sys.stderr)
-    approx = fit_model(model, counts, settings, batches, sizes, save,
-                       on_guard=lambda decision: print(decision, file=sys.stderr))
-    print_table(rows)
-    if sizes and example is None:
-        print("(speedups are for large inputs: no data was given to measure layer input sizes)")
+def report_results(args, model, approx, example, bundled) -> None:
+    """The whole-model lines after the table: measured speedup and test accuracy when asked."""
     if args.target_speedup is not None:
         timing_batch = timing_example(args, example)
         measured = median_latency(model, timing_batch) / median_latency(approx, timing_batch)
@@ -283,6 +260,51 @@ def run(args: argparse.Namespace) -> int:
         test = data.loader("test", batch_size=500)
         dense, low = accuracy(model, test, progress=True), accuracy(approx, test, progress=True)
         print(f"test accuracy: dense {100 * dense:.2f}%  low-rank {100 * low:.2f}%  ({100 * (low - dense):+.2f} points)")
+
+
+def run(args: argparse.Namespace) -> int:
+    model = sources.load_model(args.model, args.weights)
+    if args.method in ("scheme1", "scheme2"):
+        args.scheme = int(args.method[-1])
+    bundled = args.model in sources.zoo.BUNDLED
+    batches = data_source(args, bundled)
+    mode = args.mode or ("data" if batches is not None else "filter")
+    if mode == "data" and batches is None:
+        raise ValueError("--mode data needs --data package.module:factory for a user model")
+    out = args.out or Path("bases") / f"{Path(args.model.replace(':', '.')).name}.h5"
+    if not out.parent.is_dir():
+        raise BasesFileError(f"output folder {out.parent} does not exist; create it or choose another --out")
+    example = first_inputs(batches)
+    if args.method in PEER_METHODS:
+        if args.bases is None or "all" in args.layer:
+            raise ValueError(f"--method {args.method} needs --bases and explicitly named --layer(s)")
+        return fit_peers(args, model, out, input_sizes(model, args.layer, None if args.method == "svd" else example))
+    layers = resolve_layers(model, args.layer)
+    sizes = input_sizes(model, layers, example)
+    settings = FitSettings(
+        scheme=args.scheme, mode=mode, asymmetric=args.asymmetric, lbfgs_iterations=args.lbfgs_iterations,
+        patches_per_image=args.patches_per_image or None, seed=args.seed,
+        guard_input=guard_example(args, example),
+        schedule=LambdaSchedule(args.lambda_min, args.lambda_max, args.lambda_growth, args.stages,
+                                args.steps_per_stage, args.rank_tol).validate())
+    counts = choose_counts(args, model, layers, settings, batches, example, sizes, bundled)
+    model_hash = model_sha256(model)
+    rows: list[tuple[LayerBases, float]] = []
+
+    def save(layer: LayerBases, seconds: float) -> None:
+        update_bases(out, args.model, model_hash, [layer])
+        rows.append((layer, seconds))
+        print(f"{layer.name}: fitted {layer.num_bases} bases in {seconds:.2f} s, saved to {out}", file=sys.stderr)
+        warn_if_slower(layer)
+
+    print(f"fitting {', '.join(counts)} of {args.model}: scheme {args.scheme}, {mode} reconstruction"
+          f"{' (asymmetric)' if args.asymmetric and mode == 'data' else ''}", file=sys.stderr)
+    approx = fit_model(model, counts, settings, batches, sizes, save,
+                       on_guard=lambda decision: print(decision, file=sys.stderr))
+    print_table(rows)
+    if example is None:
+        print("(speedups are for large inputs: no data was given to measure layer input sizes)")
+    report_results(args, model, approx, example, bundled)
     return 0
 
 

@@ -23,7 +23,8 @@ from torch import nn
 from recon.modules import ConvGeometry, Scheme2Conv
 from recon.surgery import get_conv, replace_layer
 from recon.timing import median_latency
-from solvers.objectives import Moments, data_relative_error
+from solvers.objectives import Moments
+from solvers.scheme2 import truncation_data_errors
 
 
 @dataclass
@@ -49,7 +50,6 @@ class Selection:
 def layer_options(conv: nn.Conv2d, name: str, moments: Moments, input_size: tuple[int, int]) -> LayerOptions:
     """Truncated-SVD data error and MACs for every useful K of one conv."""
     weights = conv.weight.detach().double().numpy()
-    bias = None if conv.bias is None else conv.bias.detach().double().numpy()
     n, c, kh, kw = weights.shape
     matrix = weights.transpose(1, 2, 0, 3).reshape(c * kh, n * kw)
     u, s, vt = np.linalg.svd(matrix, full_matrices=False)
@@ -62,11 +62,7 @@ def layer_options(conv: nn.Conv2d, name: str, moments: Moments, input_size: tupl
         horizontal = (root[:, None] * vt[:rank]).reshape(rank, n, kw).transpose(1, 0, 2)
         return vertical, horizontal
 
-    errors = []
-    for rank in ranks:
-        w_hat = ((u[:, :rank] * s[:rank]) @ vt[:rank]).reshape(c, kh, n, kw).transpose(2, 0, 1, 3)
-        bias_hat = (np.zeros(n) if bias is None else bias) + (weights - w_hat).reshape(n, -1) @ moments.mean
-        errors.append(data_relative_error(weights, bias, w_hat, bias_hat, moments))
+    errors = truncation_data_errors(weights, moments.covariances()[0])
     macs_per_rank = Scheme2Conv(geometry, np.zeros((1, c, kh)), np.zeros((n, 1, kw))).macs(input_size)
     macs = ranks * macs_per_rank
     return LayerOptions(name, geometry.dense_macs(*input_size), np.array(errors), macs, factors)

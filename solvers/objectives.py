@@ -77,6 +77,11 @@ class Quadratic(NamedTuple):
         return 1.0 - 2.0 * jnp.vdot(flat, self.B) + quad
 
 
+def quadratic_trace(left: np.ndarray, matrix: np.ndarray, right: np.ndarray) -> float:
+    """tr(left @ matrix @ right^T) through BLAS matrix products (einsum would loop naively)."""
+    return float(np.sum((left @ matrix) * right))
+
+
 def check_weights(weights: np.ndarray) -> np.ndarray:
     """Validate a 4-D conv weight (N, C, kh, kw): finite, non-zero, something to separate."""
     weights = np.asarray(weights)
@@ -124,7 +129,7 @@ def data_objective(weights: np.ndarray, moments: Moments, dtype=jnp.float32) -> 
     flat = weights.reshape(weights.shape[0], -1).astype(np.float64)
     check_moments(moments, flat.shape[1])
     cov, cov_cross, cov_hat = moments.covariances()
-    scale = float(np.einsum("nd,de,ne->", flat, cov, flat))
+    scale = quadratic_trace(flat, cov, flat)
     if not scale > 0:
         raise ValueError("the layer's outputs do not vary on these statistics (output variance 0)")
     norm = float(np.sqrt(np.vdot(flat, flat)))
@@ -161,9 +166,9 @@ def data_relative_error(weights: np.ndarray, bias: np.ndarray | None, w_hat: np.
     n = flat.shape[0]
     delta = (np.zeros(n) if bias is None else np.asarray(bias, np.float64)) - (
         np.zeros(n) if bias_hat is None else np.asarray(bias_hat, np.float64))
-    err = (np.einsum("nd,de,ne->", flat, moments.second, flat)
-           - 2 * np.einsum("nd,de,ne->", flat, moments.cross, flat_hat)
-           + np.einsum("nd,de,ne->", flat_hat, moments.second_hat, flat_hat)
+    err = (quadratic_trace(flat, moments.second, flat)
+           - 2 * quadratic_trace(flat, moments.cross, flat_hat)
+           + quadratic_trace(flat_hat, moments.second_hat, flat_hat)
            + 2 * delta @ (flat @ moments.mean - flat_hat @ moments.mean_hat) + delta @ delta)
     cov = moments.covariances()[0]
-    return float(err / np.einsum("nd,de,ne->", flat, cov, flat))
+    return float(err / quadratic_trace(flat, cov, flat))

@@ -80,3 +80,19 @@ def test_filter_objective_is_relative_error():
     quad = filter_objective(weights)
     assert float(quad.loss(np.zeros_like(weights))) == pytest.approx(1.0)
     assert float(quad.loss(weights / quad.weight_scale)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_truncation_data_errors_match_explicit_truncations():
+    from solvers.objectives import data_relative_error, refit_bias
+
+    weights = decaying_weights((7, 5, 3, 2), decay=0.8).astype(np.float64)
+    bias = np.linspace(-1, 1, 7)
+    moments = _correlated_moments(5 * 3 * 2, seed=3)
+    closed_form = scheme2.truncation_data_errors(weights, moments.covariances()[0])
+    matrix = weights.transpose(1, 2, 0, 3).reshape(15, 14)
+    u, s, vt = np.linalg.svd(matrix, full_matrices=False)
+    for rank in range(1, len(s) + 1):
+        w_hat = ((u[:, :rank] * s[:rank]) @ vt[:rank]).reshape(5, 3, 7, 2).transpose(2, 0, 1, 3)
+        b_hat = refit_bias(weights, bias, w_hat, moments)
+        explicit = data_relative_error(weights, bias, w_hat, b_hat, moments)
+        assert closed_form[rank - 1] == pytest.approx(explicit, rel=1e-8, abs=1e-12)
