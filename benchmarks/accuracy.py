@@ -10,7 +10,6 @@ at about 4x fewer conv MACs (Scheme 2: filter, data, data + asymmetric), and the
 from __future__ import annotations
 
 import argparse
-import copy
 
 import torch
 

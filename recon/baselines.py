@@ -152,7 +152,7 @@ def peer_macs(method: str, factors: dict[str, np.ndarray], geometry: ConvGeometr
 
 
 def peer_layer(layer: nn.Module, name: str, method: str, rank: int | tuple[int, int] | None,
-               input_size: tuple[int, int] | None = None) -> "PeerLayer":
+               input_size: tuple[int, int] | None = None, cp_iterations: int = 200) -> "PeerLayer":
     """Fit peer ``method`` (cp, tucker2, svd) to ``layer`` and describe it as a storable record."""
     from recon.store import PeerLayer, weight_sha256
 
@@ -168,7 +168,7 @@ def peer_layer(layer: nn.Module, name: str, method: str, rank: int | tuple[int, 
         dense = weights.size
     else:
         geometry = ConvGeometry.of(layer)
-        factors = cp_factors(weights, int(rank)) if method == "cp" else tucker2_factors(weights, rank)
+        factors = cp_factors(weights, int(rank), cp_iterations) if method == "cp" else tucker2_factors(weights, rank)
         record = PeerLayer(name, method, factors, bias, weight_sha256(layer.weight), geometry=geometry)
         w_hat = record.to_module().dense_weight().detach().double().numpy()
         dense = geometry.dense_macs(*input_size)

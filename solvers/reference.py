@@ -70,12 +70,13 @@ def fit(weights: np.ndarray, num_bases: int, schedule: LambdaSchedule = LambdaSc
     s = (sigma[:num_bases, None] * vt[:num_bases]).reshape(num_bases, kh, kw)
     start = time.perf_counter()
     lam, stages, finished = 0.0, 0, True
-    for lam in schedule.validate().values():
+    lambdas = schedule.validate().values()
+    for lam in lambdas:
         for _ in range(alternations):
             s = _solve_bases(cp, w, a, lam, kh, kw)
             a = _solve_coeffs(cp, w, s)
         stages += 1
-        if max(_rank_one_ratio(basis) for basis in s) < schedule.rank_tol:
+        if max(_rank_one_ratio(basis) for basis in s) < schedule.rank_tol or stages == len(lambdas):
             break
         if time.perf_counter() - start > time_limit:
             finished = False

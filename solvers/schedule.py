@@ -21,7 +21,7 @@ class LambdaSchedule(NamedTuple):
     lambda_max: float = 1.0
     growth: float = 1.6
     max_stages: int = 20
-    steps_per_stage: int = 200
+    steps_per_stage: int = 50
     rank_tol: float = 1e-3
 
     def validate(self) -> "LambdaSchedule":
