@@ -23,8 +23,8 @@ from torch import nn
 from recon.modules import ConvGeometry, Scheme2Conv
 from recon.surgery import get_conv, replace_layer
 from recon.timing import median_latency
+from solvers import scheme2
 from solvers.objectives import Moments
-from solvers.scheme2 import truncation_data_errors
 
 
 @dataclass
@@ -51,21 +51,15 @@ def layer_options(conv: nn.Conv2d, name: str, moments: Moments, input_size: tupl
     """Truncated-SVD data error and MACs for every useful K of one conv."""
     weights = conv.weight.detach().double().numpy()
     n, c, kh, kw = weights.shape
-    matrix = weights.transpose(1, 2, 0, 3).reshape(c * kh, n * kw)
-    u, s, vt = np.linalg.svd(matrix, full_matrices=False)
     geometry = ConvGeometry.of(conv)
-    ranks = np.arange(1, len(s) + 1)
+    ranks = np.arange(1, scheme2.max_rank(weights.shape) + 1)
 
     def factors(rank: int) -> tuple[np.ndarray, np.ndarray]:
-        root = np.sqrt(s[:rank])
-        vertical = (u[:, :rank] * root).T.reshape(rank, c, kh)
-        horizontal = (root[:, None] * vt[:rank]).reshape(rank, n, kw).transpose(1, 0, 2)
-        return vertical, horizontal
+        return tuple(np.asarray(f) for f in scheme2.filter_fit(weights, rank))
 
-    errors = truncation_data_errors(weights, moments.covariances()[0])
+    errors = scheme2.truncation_data_errors(weights, moments.covariances()[0])
     macs_per_rank = Scheme2Conv(geometry, np.zeros((1, c, kh)), np.zeros((n, 1, kw))).macs(input_size)
-    macs = ranks * macs_per_rank
-    return LayerOptions(name, geometry.dense_macs(*input_size), np.array(errors), macs, factors)
+    return LayerOptions(name, geometry.dense_macs(*input_size), errors, ranks * macs_per_rank, factors)
 
 
 def greedy_ranks(options: list[LayerOptions], other_macs: int, goal: float,
