@@ -27,7 +27,7 @@ from recon.finetune import finetune
 from recon.fitting import FitSettings, fit_model, layer_input_sizes
 from recon.modules import ConvGeometry, Scheme1Conv, Scheme2Conv
 from recon.surgery import replace_layer
-from recon.timing import median_latency
+from recon.timing import median_latencies
 from solvers import scheme1, scheme2
 
 LAYERS = ("conv2", "conv3", "conv4", "conv5")
@@ -85,6 +85,11 @@ def compress(model, method: str, factor: float, sizes, batches):
     return low, ranks, sum(dense.values()) / total
 
 
+def speedup(dense, low, example) -> float:
+    dense_time, low_time = median_latencies([dense, low], example)
+    return dense_time / low_time
+
+
 def plot(rows: list[dict]) -> None:
     import matplotlib
 
@@ -123,7 +128,6 @@ def main(argv: list[str] | None = None) -> None:
     timing = next(iter(batches()))[0][:32].contiguous()
     sizes = layer_input_sizes(model, list(LAYERS), timing[:1])
     dense_acc = accuracy(model, test)
-    dense_time = median_latency(model, timing)
     rows = []
     for method in args.methods:
         for level in args.levels:
@@ -136,7 +140,7 @@ def main(argv: list[str] | None = None) -> None:
                 print(row, flush=True)
                 continue
             row.update(ranks=ranks, macs=macs, accuracy=accuracy(low, test),
-                       measured=dense_time / median_latency(low, timing))
+                       measured=speedup(model, low, timing))
             if args.finetune_images:
                 finetune(low, 1, 1e-4, "all", limit=args.finetune_images, report=lambda line: None)
                 row["finetuned"] = accuracy(low, test)

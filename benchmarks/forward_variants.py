@@ -13,6 +13,7 @@ All times are medians of repeated runs on the same input, side by side, with the
 from __future__ import annotations
 
 import argparse
+import copy
 
 import numpy as np
 import torch
@@ -21,7 +22,7 @@ from torch import nn
 
 from benchmarks.common import machine, markdown_table, write_section
 from benchmarks.inference_speed import bases_for_speedup, random_module
-from recon.timing import median_latency
+from recon.timing import median_latencies
 
 SHAPES = [("fmnist conv2", 64, 128, 5, 14, 32), ("fmnist conv3", 128, 192, 3, 7, 32),
           ("VGG 256->256 @56", 256, 256, 3, 56, 8), ("VGG 512->512 @14", 512, 512, 3, 14, 32)]
@@ -55,21 +56,17 @@ def main(argv: list[str] | None = None) -> None:
         for name, c, n, k, size, batch in SHAPES:
             conv = nn.Conv2d(c, n, k, padding=k // 2).to(args.device)
             x = torch.randn(batch, c, size, size, device=args.device)
-            t_dense = median_latency(conv, x, args.repeats)
             s1 = random_module(conv, 1, bases_for_speedup(conv, 1, 2, size), rng).to(args.device)
             folded = FoldedScheme1(s1).to(args.device)
             torch.testing.assert_close(folded(x), s1(x), atol=1e-3, rtol=1e-3)
             s2 = random_module(conv, 2, bases_for_speedup(conv, 2, 2, size), rng).to(args.device)
             x_last = x.contiguous(memory_format=torch.channels_last)
-            s2_last = s2.to(memory_format=torch.channels_last)
-            conv_last = conv.to(memory_format=torch.channels_last)
-            times = {"S1 grouped": median_latency(s1, x, args.repeats), "S1 fold": median_latency(folded, x, args.repeats),
-                     "S2 NCHW": median_latency(s2, x, args.repeats),
-                     "S2 channels_last": median_latency(s2_last, x_last, args.repeats),
-                     "dense channels_last": median_latency(conv_last, x_last, args.repeats)}
-            conv.to(memory_format=torch.contiguous_format)
+            s2_last = copy.deepcopy(s2).to(memory_format=torch.channels_last)  # Module.to works in place
+            conv_last = copy.deepcopy(conv).to(memory_format=torch.channels_last)
+            t_dense, *times = median_latencies([conv, s1, folded, s2, s2_last, conv_last],
+                                               [x, x, x, x, x_last, x_last], args.repeats)
             rows.append([name, batch, f"{1e3 * t_dense:.2f}"] +
-                        [f"{1e3 * t:.2f} ({t_dense / t:.2f}x)" for t in times.values()])
+                        [f"{1e3 * t:.2f} ({t_dense / t:.2f}x)" for t in times])
             print(rows[-1], flush=True)
     body = "\n\n".join([
         f"## Forward variants on {args.device} (`python -m benchmarks.forward_variants --device {args.device}`)",

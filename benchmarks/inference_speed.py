@@ -23,7 +23,7 @@ from torch import nn
 
 from benchmarks.common import machine, markdown_table, write_section
 from recon.modules import ConvGeometry, LowRankExpConv, Scheme1Conv, Scheme2Conv
-from recon.timing import median_latency
+from recon.timing import median_latencies
 from solvers import scheme1, scheme2
 
 BUNDLED = [("fmnist conv2", 64, 128, 5, 14), ("fmnist conv3", 128, 192, 3, 7), ("fmnist conv4", 192, 192, 3, 7)]
@@ -53,10 +53,6 @@ def bases_for_speedup(conv: nn.Conv2d, scheme: int, target: float, size: int) ->
     return count if count >= 1 else None
 
 
-def time_pair(dense: nn.Module, low: nn.Module, x: torch.Tensor, repeats: int) -> tuple[float, float]:
-    return median_latency(dense, x, repeats), median_latency(low, x, repeats)
-
-
 def layer_rows(cases, batches, targets, device, repeats) -> list[list[object]]:
     rows = []
     rng = np.random.default_rng(0)
@@ -72,7 +68,7 @@ def layer_rows(cases, batches, targets, device, repeats) -> list[list[object]]:
                         continue
                     low = random_module(conv, scheme, count, rng).to(device)
                     theory = low.theoretical_speedup((size, size))
-                    t_dense, t_low = time_pair(conv, low, x, repeats)
+                    t_dense, t_low = median_latencies([conv, low], x, repeats)
                     measured = t_dense / t_low
                     rows.append([name, batch, scheme, f">={target}x", count, f"{theory:.2f}x",
                                  f"{1e3 * t_dense:.2f} / {1e3 * t_low:.2f}", f"{measured:.2f}x", f"{measured / theory:.2f}"])
@@ -118,7 +114,7 @@ def whole_model_rows(targets, device, repeats) -> list[list[object]]:
                     conv = getattr(dense, name)
                     count = bases_for_speedup(conv, 2, target, size)
                     replace_layer(low, name, random_module(conv, 2, count, rng).to(device))
-                t_dense, t_low = time_pair(dense, low, x, repeats)
+                t_dense, t_low = median_latencies([dense, low], x, repeats)
                 onnx = ""
                 if device == "cpu":
                     o_dense = onnx_seconds(dense, x, repeats, Path(folder))

@@ -26,7 +26,7 @@ from recon.search import search_ranks
 from recon.stats import gather_moments
 from recon.store import BasesFileError, LayerBases, model_sha256, update_bases
 from recon.surgery import eligible_layers, get_conv, get_linear
-from recon.timing import median_latency
+from recon.timing import median_latencies
 from solvers.schedule import LambdaSchedule
 
 DEFAULTS = LambdaSchedule()
@@ -81,6 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="time each fitted layer against its dense conv (batch of --guard-batch) and keep "
                         "the dense conv unless the low-rank one is at least 5%% faster")
     parser.add_argument("--guard-batch", type=int, default=32, help="batch size the guard times with")
+    parser.add_argument("--channels-last", action="store_true",
+                        help="time the guard and --target-speedup with the models and inputs in the channels_last "
+                        "memory format (on CPUs the faster layout for dense and low-rank models alike; time in the "
+                        "format your inference code uses)")
     parser.add_argument("--eval", action="store_true", help="report test accuracy, dense vs low-rank")
     return parser
 
@@ -163,7 +167,8 @@ def choose_ranks(args: argparse.Namespace, model: torch.nn.Module, layers: list[
     all_macs = ranks.dense_macs_by_layer(model, example)
     other = sum(macs for name, macs in all_macs.items() if name not in layers)
     report = lambda line: print(line, file=sys.stderr)
-    selection = ranks.select_ranks(model, options, other, args.target_speedup, timing_batch, report=report)
+    selection = ranks.select_ranks(model, options, other, args.target_speedup, timing_batch, report=report,
+                                   channels_last=args.channels_last)
     chosen = {name: rank for name, rank in selection.ranks.items() if rank is not None}
     print(f"chosen ranks {chosen}: predicted {selection.predicted:.2f}x from MACs, measured {selection.measured:.2f}x "
           "with truncated-SVD factors", file=sys.stderr)
@@ -251,9 +256,10 @@ def report_results(args, model, approx, example, bundled) -> None:
     """The whole-model lines after the table: measured speedup and test accuracy when asked."""
     if args.target_speedup is not None:
         timing_batch = timing_example(args, example)
-        measured = median_latency(model, timing_batch) / median_latency(approx, timing_batch)
-        print(f"whole model: target {args.target_speedup:.2f}x, measured {measured:.2f}x "
-              f"(batch {args.guard_batch}, fitted bases)")
+        t_dense, t_low = median_latencies([model, approx], timing_batch, channels_last=args.channels_last)
+        layout = "channels_last" if args.channels_last else "NCHW"
+        print(f"whole model: target {args.target_speedup:.2f}x, measured {t_dense / t_low:.2f}x "
+              f"(batch {args.guard_batch}, {layout}, fitted bases)")
     if args.eval:
         if not bundled:
             raise ValueError("--eval measures Fashion-MNIST test accuracy and needs the bundled model")
@@ -284,7 +290,7 @@ def run(args: argparse.Namespace) -> int:
     settings = FitSettings(
         scheme=args.scheme, mode=mode, asymmetric=args.asymmetric, lbfgs_iterations=args.lbfgs_iterations,
         patches_per_image=args.patches_per_image or None, seed=args.seed,
-        guard_input=guard_example(args, example),
+        guard_input=guard_example(args, example), channels_last=args.channels_last,
         schedule=LambdaSchedule(args.lambda_min, args.lambda_max, args.lambda_growth, args.stages,
                                 args.steps_per_stage, args.rank_tol).validate())
     counts = choose_counts(args, model, layers, settings, batches, example, sizes, bundled)

@@ -39,6 +39,7 @@ class FitSettings:
     patches_per_image: int | None = 32
     seed: int = 0
     guard_input: torch.Tensor | None = None
+    channels_last: bool = False
 
 
 def check_num_bases(conv: nn.Conv2d, scheme: int, num_bases: int, name: str) -> None:
@@ -119,7 +120,8 @@ def fit_model(model: nn.Module, bases: dict[str, int], settings: FitSettings,
     for name in order:
         layer, seconds = fit_layer(model, approx, name, bases[name], settings, batches, input_sizes[name])
         if name in guard_inputs:
-            decision = time_replacement(get_conv(model, name), approx.get_submodule(name), guard_inputs[name], name)
+            decision = time_replacement(get_conv(model, name), approx.get_submodule(name), guard_inputs[name], name,
+                                        channels_last=settings.channels_last)
             if on_guard is not None:
                 on_guard(decision)
             if not decision.kept:

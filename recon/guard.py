@@ -4,6 +4,8 @@ measurably faster on the real input shape.
 Each candidate is timed against the dense layer it replaces, side by side, on that layer's
 actual input (captured from one forward pass of an example batch); the low-rank module is
 kept only when dense time / low-rank time >= ``min_speedup`` (default 1.05: at least 5%).
+Time it in the memory format inference will use (``channels_last=True`` for models run in
+channels_last): the verdict can differ between formats.
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from recon.timing import capture_layer_inputs, median_latency
+from recon.timing import capture_layer_inputs, median_latencies
 
 LOG = logging.getLogger("recon")
 MIN_SPEEDUP = 1.05
@@ -39,18 +41,18 @@ class GuardDecision:
 
 
 def time_replacement(dense: nn.Module, low_rank: nn.Module, inputs: torch.Tensor, name: str,
-                     min_speedup: float = MIN_SPEEDUP, repeats: int = 20) -> GuardDecision:
+                     min_speedup: float = MIN_SPEEDUP, repeats: int = 20, channels_last: bool = False) -> GuardDecision:
     """Time ``low_rank`` against ``dense`` on ``inputs``; kept when faster by ``min_speedup``."""
-    t_dense = median_latency(dense, inputs, repeats)
-    t_low = median_latency(low_rank, inputs, repeats)
+    t_dense, t_low = median_latencies([dense, low_rank], inputs, repeats, channels_last=channels_last)
     decision = GuardDecision(name, 1e3 * t_dense, 1e3 * t_low, t_dense / t_low >= min_speedup)
     LOG.info("%s", decision)
     return decision
 
 
 def guard_replacements(model: nn.Module, replacements: dict[str, nn.Module], example_input: torch.Tensor,
-                       min_speedup: float = MIN_SPEEDUP, repeats: int = 20) -> list[GuardDecision]:
+                       min_speedup: float = MIN_SPEEDUP, repeats: int = 20,
+                       channels_last: bool = False) -> list[GuardDecision]:
     """Decide for each named replacement (on ``model``'s real input shapes) whether to keep it."""
     inputs = capture_layer_inputs(model, list(replacements), example_input)
-    return [time_replacement(model.get_submodule(name), module, inputs[name], name, min_speedup, repeats)
-            for name, module in replacements.items()]
+    return [time_replacement(model.get_submodule(name), module, inputs[name], name, min_speedup, repeats,
+                             channels_last) for name, module in replacements.items()]

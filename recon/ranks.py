@@ -22,7 +22,7 @@ from torch import nn
 
 from recon.modules import ConvGeometry, Scheme2Conv
 from recon.surgery import get_conv, replace_layer
-from recon.timing import median_latency
+from recon.timing import median_latencies
 from solvers import scheme2
 from solvers.objectives import Moments
 
@@ -122,15 +122,17 @@ def model_with_ranks(model: nn.Module, options: list[LayerOptions], ranks: dict[
 
 
 def select_ranks(model: nn.Module, options: list[LayerOptions], other_macs: int, target: float,
-                 example: torch.Tensor, rounds: int = 6, report: Callable[[str], None] = print) -> Selection:
+                 example: torch.Tensor, rounds: int = 6, report: Callable[[str], None] = print,
+                 channels_last: bool = False) -> Selection:
     """Greedy ranks whose measured speedup on ``example`` meets ``target`` (best effort in ``rounds``)."""
     if not target > 1:
         raise ValueError(f"--target-speedup must be > 1, got {target}")
-    dense_time = median_latency(model, example)
     goal, ranks, predicted, measured = target, None, 1.0, 0.0
     for round_index in range(rounds):
         ranks, predicted = greedy_ranks(options, other_macs, goal, ranks)
-        measured = dense_time / median_latency(model_with_ranks(model, options, ranks), example)
+        dense_time, low_time = median_latencies([model, model_with_ranks(model, options, ranks)], example,
+                                                channels_last=channels_last)
+        measured = dense_time / low_time
         report(f"rank search round {round_index + 1}: predicted {predicted:.2f}x (MACs), measured {measured:.2f}x "
                f"-> {ranks}")
         if measured >= target:

@@ -83,14 +83,16 @@ def check_layer_matches(model: nn.Module, layer: LayerBases | PeerLayer, allow_m
 
 
 def apply_bases(model: nn.Module, path: str | os.PathLike, allow_mismatch: bool = False,
-                example_input: torch.Tensor | None = None, min_speedup: float = 1.05) -> nn.Module:
+                example_input: torch.Tensor | None = None, min_speedup: float = 1.05,
+                channels_last: bool = False) -> nn.Module:
     """Replace every layer named in the bases file by its ``LowRankExpConv``, in place.
 
     Each replaced conv must have the geometry and (unless ``allow_mismatch``) the weights
     the bases were fitted to. With ``example_input`` the never-slower guard runs: each
     low-rank module is timed against its dense conv on the real input shape and the dense
-    conv stays unless the low-rank one is ``min_speedup`` times faster; every decision is
-    logged to the ``recon`` logger. Returns ``model``.
+    conv stays unless the low-rank one is ``min_speedup`` times faster (timed in the
+    channels_last memory format when ``channels_last``); every decision is logged to the
+    ``recon`` logger. Returns ``model``.
     """
     bases = read_bases(path)
     replacements = {}
@@ -98,7 +100,7 @@ def apply_bases(model: nn.Module, path: str | os.PathLike, allow_mismatch: bool 
         conv = check_layer_matches(model, layer, allow_mismatch)
         replacements[layer.name] = layer.to_module().to(device=conv.weight.device, dtype=conv.weight.dtype).eval()
     if example_input is not None:
-        decisions = guard_replacements(model, replacements, example_input, min_speedup)
+        decisions = guard_replacements(model, replacements, example_input, min_speedup, channels_last=channels_last)
         replacements = {d.layer: replacements[d.layer] for d in decisions if d.kept}
     for name, module in replacements.items():
         replace_layer(model, name, module)

@@ -1,6 +1,7 @@
 """Wall-clock timing of modules, and the inputs that layers see in a forward pass."""
 from __future__ import annotations
 
+import copy
 import statistics
 import time
 
@@ -14,18 +15,35 @@ def _synchronize(tensor: torch.Tensor) -> None:
 
 
 @torch.inference_mode()
-def median_latency(module: nn.Module, inputs: torch.Tensor, repeats: int = 20, warmup: int = 3) -> float:
-    """Median seconds of ``module(inputs)`` over ``repeats`` runs after ``warmup`` runs."""
-    for _ in range(warmup):
-        module(inputs)
-    _synchronize(inputs)
-    times = []
+def median_latencies(modules: list[nn.Module], inputs: torch.Tensor | list[torch.Tensor], repeats: int = 20,
+                     warmup: int = 3, channels_last: bool = False) -> list[float]:
+    """Median seconds per call of each module, timed round-robin so that they share drift.
+
+    Calls alternate (a, b, a, b, ...) rather than running one module's repeats after the
+    other's: a change of clock speed or a noisy neighbour then affects all of them alike,
+    which keeps their ratio (the speedup) honest. ``inputs`` is one tensor for all modules
+    or one per module (e.g. a channels_last copy). With ``channels_last``, copies of the
+    modules and inputs in that memory format are timed (the faster layout on CPUs for dense
+    and low-rank models alike).
+    """
+    feeds = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs] * len(modules)
+    if len(feeds) != len(modules):
+        raise ValueError(f"got {len(feeds)} inputs for {len(modules)} modules")
+    if channels_last:
+        modules = [copy.deepcopy(module).to(memory_format=torch.channels_last) for module in modules]
+        feeds = [feed.contiguous(memory_format=torch.channels_last) for feed in feeds]
+    for module, feed in zip(modules, feeds):
+        for _ in range(warmup):
+            module(feed)
+    times: list[list[float]] = [[] for _ in modules]
     for _ in range(repeats):
-        start = time.perf_counter()
-        module(inputs)
-        _synchronize(inputs)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for module, feed, samples in zip(modules, feeds, times):
+            _synchronize(feed)
+            start = time.perf_counter()
+            module(feed)
+            _synchronize(feed)
+            samples.append(time.perf_counter() - start)
+    return [statistics.median(samples) for samples in times]
 
 
 def capture_layer_inputs(model: nn.Module, names: list[str], example: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -39,8 +39,8 @@ def test_real_timing_rejects_a_slower_replacement_and_keeps_a_faster_one():
 def test_decision_threshold_is_five_percent(monkeypatch, dense_ms, low_ms, kept):
     conv = nn.Conv2d(3, 3, 3)
     low = LowRankExpConv.from_conv(conv, 2, 2)
-    monkeypatch.setattr("recon.guard.median_latency",
-                        lambda module, inputs, repeats: (dense_ms if module is conv else low_ms) / 1e3)
+    monkeypatch.setattr("recon.guard.median_latencies",
+                        lambda modules, inputs, repeats, channels_last: [(dense_ms if m is conv else low_ms) / 1e3 for m in modules])
     decision = time_replacement(conv, low, torch.zeros(1, 3, 5, 5), "c")
     assert decision == GuardDecision("c", pytest.approx(dense_ms), pytest.approx(low_ms), kept)
 
@@ -54,7 +54,7 @@ def test_apply_bases_with_example_input_keeps_only_faster_layers(tmp_path, monke
     fake = {"conv_a": (2.0, 1.0), "block.1": (1.0, 2.0)}
     decisions = []
 
-    def fake_guard(model, replacements, example, min_speedup):
+    def fake_guard(model, replacements, example, min_speedup, channels_last):
         result = [GuardDecision(name, *fake[name], fake[name][0] / fake[name][1] >= min_speedup)
                   for name in replacements]
         decisions.extend(result)

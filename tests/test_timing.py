@@ -1,0 +1,43 @@
+"""Side-by-side timing: calls alternate between modules, and channels_last times copies."""
+import pytest
+import torch
+from torch import nn
+
+from recon.timing import median_latencies
+
+
+class Recorder(nn.Module):
+    """Identity that logs (its label, whether its input was channels_last) on every call."""
+
+    def __init__(self, label, log):
+        super().__init__()
+        self.label = label
+        self.record = lambda entry: log.append(entry)  # a function survives deepcopy; a list would be copied
+        self.weight = nn.Parameter(torch.randn(4, 3, 2, 2))
+
+    def forward(self, x):
+        self.record((self.label, x.is_contiguous(memory_format=torch.channels_last)
+                         and not x.is_contiguous()))
+        return x
+
+
+def test_calls_alternate_after_warmup():
+    log = []
+    a, b = Recorder("a", log), Recorder("b", log)
+    times = median_latencies([a, b], torch.zeros(2, 3, 5, 5), repeats=4, warmup=1)
+    assert [label for label, _ in log] == ["a", "b"] + ["a", "b"] * 4
+    assert len(times) == 2 and all(t >= 0 for t in times)
+
+
+def test_channels_last_times_converted_copies_and_leaves_the_originals():
+    log = []
+    module = Recorder("a", log)
+    x = torch.randn(2, 3, 5, 5)
+    median_latencies([module], x, repeats=2, warmup=0, channels_last=True)
+    assert log and all(channels_last for _, channels_last in log)
+    assert module.weight.is_contiguous() and x.is_contiguous()
+
+
+def test_one_input_per_module_is_checked():
+    with pytest.raises(ValueError, match="2 inputs for 1 modules"):
+        median_latencies([nn.Identity()], [torch.zeros(1), torch.zeros(1)])
