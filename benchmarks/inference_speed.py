@@ -64,14 +64,16 @@ def layer_rows(cases, batches, targets, device, repeats) -> list[list[object]]:
                 for target in targets:
                     count = bases_for_speedup(conv, scheme, target, size)
                     if count is None:
-                        rows.append([name, batch, scheme, f">={target}x", "-", "unreachable", "", "", ""])
+                        rows.append([name, batch, scheme, f">={target}x", "-", "unreachable"] + [""] * 6)
                         continue
                     low = random_module(conv, scheme, count, rng).to(device)
                     theory = low.theoretical_speedup((size, size))
-                    t_dense, t_low = median_latencies([conv, low], x, repeats)
-                    measured = t_dense / t_low
-                    rows.append([name, batch, scheme, f">={target}x", count, f"{theory:.2f}x",
-                                 f"{1e3 * t_dense:.2f} / {1e3 * t_low:.2f}", f"{measured:.2f}x", f"{measured / theory:.2f}"])
+                    row = [name, batch, scheme, f">={target}x", count, f"{theory:.2f}x"]
+                    for channels_last in (False, True):
+                        t_dense, t_low = median_latencies([conv, low], x, repeats, channels_last=channels_last)
+                        measured = t_dense / t_low
+                        row += [f"{1e3 * t_dense:.2f} / {1e3 * t_low:.2f}", f"{measured:.2f}x", f"{measured / theory:.2f}"]
+                    rows.append(row)
                     print(rows[-1], flush=True)
     return rows
 
@@ -114,14 +116,16 @@ def whole_model_rows(targets, device, repeats) -> list[list[object]]:
                     conv = getattr(dense, name)
                     count = bases_for_speedup(conv, 2, target, size)
                     replace_layer(low, name, random_module(conv, 2, count, rng).to(device))
-                t_dense, t_low = median_latencies([dense, low], x, repeats)
+                row = [batch, f">={target}x per layer (conv2-5)"]
+                for channels_last in (False, True):
+                    t_dense, t_low = median_latencies([dense, low], x, repeats, channels_last=channels_last)
+                    row.append(f"{1e3 * t_dense:.2f} / {1e3 * t_low:.2f} = {t_dense / t_low:.2f}x")
                 onnx = ""
                 if device == "cpu":
                     o_dense = onnx_seconds(dense, x, repeats, Path(folder))
                     o_low = onnx_seconds(low, x, repeats, Path(folder))
                     onnx = "" if o_dense is None else f"{1e3 * o_dense:.2f} / {1e3 * o_low:.2f} = {o_dense / o_low:.2f}x"
-                rows.append([batch, f">={target}x per layer (conv2-5)", f"{1e3 * t_dense:.2f} / {1e3 * t_low:.2f}",
-                             f"{t_dense / t_low:.2f}x", onnx])
+                rows.append(row + [onnx])
                 print(rows[-1], flush=True)
     return rows
 
@@ -141,12 +145,14 @@ def main(argv: list[str] | None = None) -> None:
     body = "\n\n".join([
         f"## Inference speed on {args.device} (`python -m benchmarks.inference_speed --device {args.device}`)",
         f"Machine: {machine()}.",
-        "Measured speedup = dense time / low-rank time (median of repeated runs, same input, same run); "
+        "Measured speedup = dense time / low-rank time (medians of repeated runs, calls alternating, same input, "
+        "same run), with dense and low-rank both in the NCHW (default) or both in the channels_last memory format; "
         "theoretical = dense MACs / low-rank MACs; efficiency = measured / theoretical.",
-        markdown_table(["layer", "batch", "scheme", "target", "bases", "theoretical", "dense / low-rank ms",
-                        "measured", "efficiency"], rows),
+        markdown_table(["layer", "batch", "scheme", "target", "bases", "theoretical", "NCHW dense / low-rank ms",
+                        "NCHW measured", "NCHW efficiency", "channels_last dense / low-rank ms",
+                        "channels_last measured", "channels_last efficiency"], rows),
         "Whole fmnist-alexnet, Scheme 2 on conv2..conv5 with each layer at the target:",
-        markdown_table(["batch", "setting", "torch dense / low-rank ms", "torch speedup",
+        markdown_table(["batch", "setting", "torch NCHW dense / low-rank ms", "torch channels_last dense / low-rank ms",
                         "onnxruntime dense / low-rank ms"], whole),
     ])
     write_section(f"inference-{args.device}", body)

@@ -4,8 +4,8 @@
     python -m recon.evaluate --bases bases/fmnist-alexnet.h5
 
 Latency is the median wall time of repeated forward passes on one batch, dense and low-rank
-called in alternation on the same input (--channels-last: both in that memory format);
-per-layer times use each layer's real input shape.
+called in alternation on the same input, in both memory formats (NCHW, the default, and
+channels_last); per-layer times use each layer's real input shape.
 """
 from __future__ import annotations
 
@@ -46,15 +46,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=32, help="batch size for latency")
     parser.add_argument("--repeats", type=int, default=20, help="timed repetitions per measurement")
     parser.add_argument("--limit", type=int, help="evaluate accuracy on the first N test images only")
-    parser.add_argument("--channels-last", action="store_true",
-                        help="time models and inputs in the channels_last memory format (faster on CPUs)")
     parser.add_argument("--allow-mismatch", action="store_true",
                         help="apply bases even if the model's weights differ from those fitted")
     return parser
 
 
-def print_model_line(label: str, acc: float, seconds: float, batch_size: int) -> None:
-    print(f"{label:<9} accuracy {100 * acc:6.2f}%   latency {1e3 * seconds:8.2f} ms / batch of {batch_size}")
+LAYOUTS = {"NCHW": False, "channels_last": True}
+
+
+def layout_times(modules: list[nn.Module], inputs: torch.Tensor, repeats: int) -> dict[str, list[float]]:
+    """Median seconds of each module in each memory format (calls alternating within a format)."""
+    return {layout: median_latencies(modules, inputs, repeats, channels_last=flag) for layout, flag in LAYOUTS.items()}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -68,23 +70,25 @@ def run(args: argparse.Namespace) -> int:
     batch = next(iter(data.loader("test", batch_size=args.batch_size)))[0]
     dense_acc = accuracy(dense, test, progress=True)
     if args.dense:
-        print_model_line("dense", dense_acc, median_latencies([dense], batch, args.repeats, channels_last=args.channels_last)[0], args.batch_size)
+        times = layout_times([dense], batch, args.repeats)
+        print(f"dense: accuracy {100 * dense_acc:.2f}%, latency per batch of {args.batch_size}: "
+              + ", ".join(f"{layout} {1e3 * t[0]:.2f} ms" for layout, t in times.items()))
         return 0
     layers = list(read_bases(args.bases).layers)
     low = apply_bases(copy.deepcopy(dense), args.bases, args.allow_mismatch)
     low_acc = accuracy(low, test, progress=True)
-    dense_time, low_time = median_latencies([dense, low], batch, args.repeats, channels_last=args.channels_last)
-    print_model_line("dense", dense_acc, dense_time, args.batch_size)
-    print_model_line("low-rank", low_acc, low_time, args.batch_size)
-    print(f"whole model: {100 * (low_acc - dense_acc):+.2f} points, measured speedup {dense_time / low_time:.2f}x")
+    print(f"accuracy: dense {100 * dense_acc:.2f}%, low-rank {100 * low_acc:.2f}% ({100 * (low_acc - dense_acc):+.2f} points)")
+    print(f"latency per batch of {args.batch_size}, dense / low-rank ms (measured speedup):")
+    print(f"{'':<12} {'NCHW':>26} {'channels_last':>26} {'MACs ratio':>10}")
     inputs = capture_layer_inputs(dense, layers, batch)
-    print(f"{'layer':<12} {'dense ms':>9} {'low-rank ms':>12} {'speedup':>8} {'MACs ratio':>10}")
-    for name in layers:
-        conv, module = get_conv(dense, name), low.get_submodule(name)
-        t_dense, t_low = median_latencies([conv, module], inputs[name], args.repeats, channels_last=args.channels_last)
-        size = tuple(inputs[name].shape[-2:])
-        print(f"{name:<12} {1e3 * t_dense:>9.3f} {1e3 * t_low:>12.3f} {t_dense / t_low:>7.2f}x "
-              f"{module.theoretical_speedup(size):>9.2f}x")
+    rows = [("whole model", dense, low, batch, None)]
+    rows += [(name, get_conv(dense, name), low.get_submodule(name), inputs[name], tuple(inputs[name].shape[-2:]))
+             for name in layers]
+    for label, reference, candidate, feed, size in rows:
+        cells = [f"{1e3 * t_dense:8.2f} / {1e3 * t_low:7.2f} ({t_dense / t_low:4.2f}x)"
+                 for t_dense, t_low in layout_times([reference, candidate], feed, args.repeats).values()]
+        macs = "" if size is None else f"{candidate.theoretical_speedup(size):.2f}x"
+        print(f"{label:<12} {cells[0]:>26} {cells[1]:>26} {macs:>10}")
     return 0
 
 
