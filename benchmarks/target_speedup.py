@@ -23,7 +23,7 @@ def run_cli(arguments: list[str]) -> tuple[int, str]:
     stream = io.StringIO()
     with contextlib.redirect_stdout(stream), contextlib.redirect_stderr(stream):
         code = fit_main(arguments)
-    lines = [line for line in stream.getvalue().splitlines() if "it/s]" not in line and "batch/s]" not in line]
+    lines = [line for line in stream.getvalue().splitlines() if line.strip() and "%|" not in line]
     return code, "\n".join(lines)
 
 

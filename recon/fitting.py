@@ -29,7 +29,7 @@ from solvers.schedule import LambdaSchedule
 
 @dataclass
 class FitSettings:
-    """How to fit: scheme, objective, solver settings and statistics sampling."""
+    """How to fit: scheme, objective, solver settings, statistics sampling, guard timing, progress bars."""
 
     scheme: int = 2
     mode: str = "data"
@@ -40,6 +40,7 @@ class FitSettings:
     seed: int = 0
     guard_input: torch.Tensor | None = None
     channels_last: bool = False
+    progress: bool = True
 
 
 def check_num_bases(conv: nn.Conv2d, scheme: int, num_bases: int, name: str) -> None:
@@ -81,7 +82,7 @@ def fit_layer(model: nn.Module, approx: nn.Module, name: str, num_bases: int, se
     moments = None
     if batches is not None:
         moments = gather_moments(model, name, batches(), approx if settings.asymmetric else None,
-                                 settings.patches_per_image, settings.seed)
+                                 settings.patches_per_image, settings.seed, settings.progress)
     start = time.perf_counter()
     vertical, horizontal, coeffs, lam, history = fit_weights(
         weights.astype(np.float32), num_bases, settings, moments if settings.mode == "data" else None)

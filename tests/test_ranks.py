@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from recon import fit
-from recon.ranks import LayerOptions, dense_macs_by_layer, greedy_ranks, layer_options
+from recon.ranks import LayerOptions, dense_macs_by_layer, greedy_ranks, layer_options, select_ranks
 from recon.stats import gather_moments
 from recon.store import read_bases
 from tests.fixture_models import tiny, tiny_batches
@@ -61,3 +61,28 @@ def test_cli_target_speedup_fits_chosen_ranks(tmp_path, capsys):
 def test_cli_needs_exactly_one_of_bases_and_target(tmp_path, capsys):
     assert fit.main(["--model", "tests.fixture_models:tiny", "--layer", "all", "--out", str(tmp_path / "x.h5")]) == 2
     assert "exactly one of --bases, --target-speedup and --accuracy-budget" in capsys.readouterr().err
+
+
+def test_select_ranks_raises_the_goal_until_the_measured_speedup_clears_the_margin(monkeypatch):
+    """Timing stubbed as 'time = MACs + a fixed cost that low-rank layers cannot remove'."""
+    options = [option("conv", 1000, 0.5 * 0.6 ** np.arange(1, 10), 100)]  # convex: the greedy steps one rank at a time
+    fixed = 500
+
+    def fake_latencies(models, inputs, repeats, channels_last):
+        _, ranks = models  # the stubbed model_with_ranks hands over the chosen ranks
+        return [1000 + fixed, (1000 if ranks["conv"] is None else 100 * ranks["conv"]) + fixed]
+
+    monkeypatch.setattr("recon.ranks.median_latencies", fake_latencies)
+    monkeypatch.setattr("recon.ranks.model_with_ranks", lambda model, options, ranks: dict(ranks))
+    lines = []
+    selection = select_ranks(tiny(), options, other_macs=0, target=1.4, example=torch.zeros(1, 3, 10, 10),
+                             report=lines.append, margin=0.05)
+    # MACs first stop at rank 6 (1.67x >= 1.47x), measured 1500/1100 = 1.36x; then rank 5: 1500/1000 = 1.5x >= 1.47x
+    assert selection.ranks == {"conv": 5}
+    assert selection.measured == pytest.approx(1.5)
+    assert len(lines) == 2
+
+
+def test_select_ranks_rejects_a_target_of_one_or_less():
+    with pytest.raises(ValueError, match="must be > 1"):
+        select_ranks(tiny(), [], 0, 1.0, torch.zeros(1, 3, 10, 10))
