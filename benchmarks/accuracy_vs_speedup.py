@@ -1,6 +1,6 @@
 """Accuracy vs measured speedup for every method on the bundled model.
 
-    python -m benchmarks.accuracy_vs_speedup [--levels 2 4 10] [--finetune-images 10000]
+    python -m benchmarks.accuracy_vs_speedup [--levels 2 4 10] [--finetune-images 5000]
 
 conv2..conv5 are all compressed by the same factor r of multiply-adds (each layer gets the
 largest rank whose MACs are at most dense / r). Methods: Scheme 2 with data reconstruction
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--levels", type=float, nargs="+", default=[2, 4, 10], help="MAC reduction factors per layer")
     parser.add_argument("--methods", nargs="+",
                         default=["scheme2-data-asym", "scheme2-filter", "scheme1-data", "cp", "tucker2"])
-    parser.add_argument("--finetune-images", type=int, default=10000, help="0 skips fine-tuning")
+    parser.add_argument("--finetune-images", type=int, default=5000, help="0 skips fine-tuning")
     parser.add_argument("--samples", type=int, default=4000)
     args = parser.parse_args(argv)
     torch.manual_seed(0)

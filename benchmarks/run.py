@@ -1,7 +1,9 @@
-"""Run every CPU benchmark in turn (``make bench``); each writes its section of RESULTS.md."""
+"""Run every CPU benchmark in turn (``make bench``, about 1.5 hours on 2 cores); each writes
+its section of RESULTS.md."""
 from __future__ import annotations
 
-from benchmarks import forward_variants, inference_speed, solver_devices, solver_vs_cvxpy
+from benchmarks import (accuracy, accuracy_vs_speedup, forward_variants, inference_speed, solver_devices,
+                        solver_vs_cvxpy, target_speedup)
 
 
 def main() -> None:
@@ -9,6 +11,9 @@ def main() -> None:
     solver_devices.main()
     forward_variants.main([])
     inference_speed.main([])
+    accuracy.main([])
+    target_speedup.main([])
+    accuracy_vs_speedup.main([])
 
 
 if __name__ == "__main__":
