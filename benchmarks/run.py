@@ -2,7 +2,7 @@
 its section of RESULTS.md."""
 from __future__ import annotations
 
-from benchmarks import (accuracy, accuracy_vs_speedup, forward_variants, inference_speed, solver_devices,
+from benchmarks import (accuracy, accuracy_vs_speedup, forward_variants, guard, inference_speed, solver_devices,
                         solver_vs_cvxpy, target_speedup)
 
 
@@ -13,6 +13,7 @@ def main() -> None:
     inference_speed.main([])
     accuracy.main([])
     target_speedup.main([])
+    guard.main([])
     accuracy_vs_speedup.main([])
 
 

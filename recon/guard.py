@@ -41,7 +41,7 @@ class GuardDecision:
 
 
 def time_replacement(dense: nn.Module, low_rank: nn.Module, inputs: torch.Tensor, name: str,
-                     min_speedup: float = MIN_SPEEDUP, repeats: int = 20, channels_last: bool = False) -> GuardDecision:
+                     min_speedup: float = MIN_SPEEDUP, repeats: int = 50, channels_last: bool = False) -> GuardDecision:
     """Time ``low_rank`` against ``dense`` on ``inputs``; kept when faster by ``min_speedup``."""
     t_dense, t_low = median_latencies([dense, low_rank], inputs, repeats, channels_last=channels_last)
     decision = GuardDecision(name, 1e3 * t_dense, 1e3 * t_low, t_dense / t_low >= min_speedup)
@@ -50,7 +50,7 @@ def time_replacement(dense: nn.Module, low_rank: nn.Module, inputs: torch.Tensor
 
 
 def guard_replacements(model: nn.Module, replacements: dict[str, nn.Module], example_input: torch.Tensor,
-                       min_speedup: float = MIN_SPEEDUP, repeats: int = 20,
+                       min_speedup: float = MIN_SPEEDUP, repeats: int = 50,
                        channels_last: bool = False) -> list[GuardDecision]:
     """Decide for each named replacement (on ``model``'s real input shapes) whether to keep it."""
     inputs = capture_layer_inputs(model, list(replacements), example_input)
