@@ -37,8 +37,8 @@ def main(argv: list[str] | None = None) -> None:
                 continue
             stream = io.StringIO()
             with contextlib.redirect_stdout(stream), contextlib.redirect_stderr(io.StringIO()):
-                evaluate_main(["--bases", str(out), "--limit", "1000"])
-            parts.append(f"Re-measured by `python -m recon.evaluate --bases FILE --limit 1000`:\n\n"
+                evaluate_main(["--bases", str(out), "--limit", "1000", "--repeats", "50"])
+            parts.append(f"Re-measured by `python -m recon.evaluate --bases FILE --limit 1000 --repeats 50`:\n\n"
                          f"```\n{stream.getvalue().strip()}\n```")
             print(parts[-2], parts[-1], sep="\n", flush=True)
     write_section("guard", "\n\n".join(parts))

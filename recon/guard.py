@@ -41,9 +41,20 @@ class GuardDecision:
 
 
 def time_replacement(dense: nn.Module, low_rank: nn.Module, inputs: torch.Tensor, name: str,
-                     min_speedup: float = MIN_SPEEDUP, repeats: int = 50, channels_last: bool = False) -> GuardDecision:
-    """Time ``low_rank`` against ``dense`` on ``inputs``; kept when faster by ``min_speedup``."""
-    t_dense, t_low = median_latencies([dense, low_rank], inputs, repeats, channels_last=channels_last)
+                     min_speedup: float = MIN_SPEEDUP, repeats: int = 50, channels_last: bool = False,
+                     rounds: int = 2) -> GuardDecision:
+    """Time ``low_rank`` against ``dense`` on ``inputs``; kept when faster by ``min_speedup``.
+
+    The pair is timed in ``rounds`` independent rounds and judged by the least favourable
+    one: a layer near parity measured 1.06x-1.11x in one round and 0.89x later, so one
+    lucky round must not keep it.
+    """
+    worst = None
+    for _ in range(rounds):
+        t_dense, t_low = median_latencies([dense, low_rank], inputs, repeats, channels_last=channels_last)
+        if worst is None or t_dense / t_low < worst[0] / worst[1]:
+            worst = (t_dense, t_low)
+    t_dense, t_low = worst
     decision = GuardDecision(name, 1e3 * t_dense, 1e3 * t_low, t_dense / t_low >= min_speedup)
     LOG.info("%s", decision)
     return decision

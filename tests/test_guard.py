@@ -45,6 +45,15 @@ def test_decision_threshold_is_five_percent(monkeypatch, dense_ms, low_ms, kept)
     assert decision == GuardDecision("c", pytest.approx(dense_ms), pytest.approx(low_ms), kept)
 
 
+def test_decision_takes_the_least_favourable_round(monkeypatch):
+    conv = nn.Conv2d(3, 3, 3)
+    low = LowRankExpConv.from_conv(conv, 2, 2)
+    rounds = iter([[1.2e-3, 1e-3], [1.0e-3, 1e-3]])  # 1.2x, then parity
+    monkeypatch.setattr("recon.guard.median_latencies", lambda modules, inputs, repeats, channels_last: next(rounds))
+    decision = time_replacement(conv, low, torch.zeros(1, 3, 5, 5), "c")
+    assert not decision.kept and decision.speedup == pytest.approx(1.0)
+
+
 def test_apply_bases_with_example_input_keeps_only_faster_layers(tmp_path, monkeypatch):
     model = TwoConvs()
     rng = np.random.default_rng(0)
