@@ -3,7 +3,8 @@ measurably faster on the real input shape.
 
 Each candidate is timed against the dense layer it replaces, side by side, on that layer's
 actual input (captured from one forward pass of an example batch); the low-rank module is
-kept only when dense time / low-rank time >= ``min_speedup`` (default 1.05: at least 5%).
+kept only when dense time / low-rank time >= ``min_speedup`` (default 1.05: at least 5%) in
+the less favourable of two timing rounds.
 Time it in the memory format inference will use (``channels_last=True`` for models run in
 channels_last): the verdict can differ between formats.
 """
