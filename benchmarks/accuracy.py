@@ -19,7 +19,7 @@ from recon import data, ranks, zoo
 from recon.evaluate import accuracy
 from recon.fitting import FitSettings, fit_model, layer_input_sizes
 from recon.surgery import eligible_layers
-from recon.timing import median_latencies
+from recon.timing import latencies_by_format
 
 ABOUT_4X = {"conv2": 48, "conv3": 52, "conv4": 64, "conv5": 64}
 
@@ -49,8 +49,7 @@ def main(argv: list[str] | None = None) -> None:
         macs = conv_macs(model, example) - sum(
             ranks.dense_macs_by_layer(model, example)[name] - approx.get_submodule(name).macs(sizes[name])
             for name in counts)
-        measured = [dense / low for dense, low in (median_latencies([model, approx], timing, channels_last=layout)
-                                                   for layout in (False, True))]
+        measured = [dense / low for dense, low in latencies_by_format([model, approx], timing).values()]
         rows.append([label, scheme, mode + (" asym" if asymmetric else ""), counts, f"{100 * acc:.2f}",
                      f"{100 * (acc - dense_acc):+.2f}", f"{dense_macs / macs:.2f}x"] + [f"{m:.2f}x" for m in measured])
         print(rows[-1], flush=True)

@@ -27,7 +27,7 @@ from recon.finetune import finetune
 from recon.fitting import FitSettings, fit_model, layer_input_sizes
 from recon.modules import ConvGeometry, Scheme1Conv, Scheme2Conv
 from recon.surgery import replace_layer
-from recon.timing import median_latencies
+from recon.timing import latencies_by_format
 from solvers import scheme1, scheme2
 
 LAYERS = ("conv2", "conv3", "conv4", "conv5")
@@ -85,11 +85,6 @@ def compress(model, method: str, factor: float, sizes, batches):
     return low, ranks, sum(dense.values()) / total
 
 
-def speedup(dense, low, example, channels_last: bool) -> float:
-    dense_time, low_time = median_latencies([dense, low], example, channels_last=channels_last)
-    return dense_time / low_time
-
-
 def plot(rows: list[dict]) -> None:
     import matplotlib
 
@@ -140,8 +135,8 @@ def main(argv: list[str] | None = None) -> None:
                 rows.append(row)
                 print(row, flush=True)
                 continue
-            row.update(ranks=ranks, macs=macs, accuracy=accuracy(low, test),
-                       measured=speedup(model, low, timing, False), measured_cl=speedup(model, low, timing, True))
+            measured, measured_cl = (dense / fast for dense, fast in latencies_by_format([model, low], timing).values())
+            row.update(ranks=ranks, macs=macs, accuracy=accuracy(low, test), measured=measured, measured_cl=measured_cl)
             if args.finetune_images:
                 finetune(low, 1, 1e-4, "all", limit=args.finetune_images, report=lambda line: None)
                 row["finetuned"] = accuracy(low, test)

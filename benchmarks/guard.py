@@ -18,6 +18,7 @@ from benchmarks.common import machine, write_section
 from benchmarks.target_speedup import run_cli
 from recon.evaluate import main as evaluate_main
 
+LAYERS = ["--layer", "conv2", "--layer", "conv3", "--layer", "conv4", "--layer", "conv5"]
 SETTINGS = [["--scheme", "1", "--bases", "4"], ["--scheme", "2", "--bases", "conv2=48,conv3=52,conv4=64,conv5=64"]]
 
 
@@ -26,8 +27,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as folder:
         for index, setting in enumerate(SETTINGS):
             out = Path(folder) / f"guard{index}.h5"
-            layers = ["--layer", "conv2", "--layer", "conv3", "--layer", "conv4", "--layer", "conv5"]
-            command = [*layers, *setting, "--mode", "filter", "--guard", "--channels-last"]
+            command = [*LAYERS, *setting, "--mode", "filter", "--guard", "--channels-last"]
             code, fit_output = run_cli([*command, "--out", str(out)])
             guard_lines = "\n".join(line for line in fit_output.splitlines() if line.startswith("guard "))
             parts.append(f"`python -m recon.fit {' '.join(command)}` (exit {code}), the guard's decisions:\n\n"

@@ -23,7 +23,7 @@ from torch import nn
 
 from benchmarks.common import machine, markdown_table, write_section
 from recon.modules import ConvGeometry, LowRankExpConv, Scheme1Conv, Scheme2Conv
-from recon.timing import median_latencies
+from recon.timing import latencies_by_format
 from solvers import scheme1, scheme2
 
 BUNDLED = [("fmnist conv2", 64, 128, 5, 14), ("fmnist conv3", 128, 192, 3, 7), ("fmnist conv4", 192, 192, 3, 7)]
@@ -69,8 +69,7 @@ def layer_rows(cases, batches, targets, device, repeats) -> list[list[object]]:
                     low = random_module(conv, scheme, count, rng).to(device)
                     theory = low.theoretical_speedup((size, size))
                     row = [name, batch, scheme, f">={target}x", count, f"{theory:.2f}x"]
-                    for channels_last in (False, True):
-                        t_dense, t_low = median_latencies([conv, low], x, repeats, channels_last=channels_last)
+                    for t_dense, t_low in latencies_by_format([conv, low], x, repeats).values():
                         measured = t_dense / t_low
                         row += [f"{1e3 * t_dense:.2f} / {1e3 * t_low:.2f}", f"{measured:.2f}x", f"{measured / theory:.2f}"]
                     rows.append(row)
@@ -117,8 +116,7 @@ def whole_model_rows(targets, device, repeats) -> list[list[object]]:
                     count = bases_for_speedup(conv, 2, target, size)
                     replace_layer(low, name, random_module(conv, 2, count, rng).to(device))
                 row = [batch, f">={target}x per layer (conv2-5)"]
-                for channels_last in (False, True):
-                    t_dense, t_low = median_latencies([dense, low], x, repeats, channels_last=channels_last)
+                for t_dense, t_low in latencies_by_format([dense, low], x, repeats).values():
                     row.append(f"{1e3 * t_dense:.2f} / {1e3 * t_low:.2f} = {t_dense / t_low:.2f}x")
                 onnx = ""
                 if device == "cpu":

@@ -35,11 +35,10 @@ def main(argv: list[str] | None = None) -> None:
              f"Machine: {machine()}."]
     with tempfile.TemporaryDirectory() as folder:
         for layout in (["--channels-last"], []):
-            command = ["--layer", "all", "--target-speedup", f"{args.target:g}", "--asymmetric", "--eval", *layout,
-                       "--out", str(Path(folder) / f"target{len(layout)}.h5")]
-            code, output = run_cli(command)
+            command = ["--layer", "all", "--target-speedup", f"{args.target:g}", "--asymmetric", "--eval", *layout]
+            code, output = run_cli([*command, "--out", str(Path(folder) / f"target{len(layout)}.h5")])
             print(output, flush=True)
-            parts.append(f"`python -m recon.fit {' '.join(command[:-2])}` (exit {code}):\n\n```\n{output}\n```")
+            parts.append(f"`python -m recon.fit {' '.join(command)}` (exit {code}):\n\n```\n{output}\n```")
     write_section("target-speedup", "\n\n".join(parts))
 
 

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from recon import data, sources
 from recon.store import BasesFileError, read_bases
 from recon.surgery import apply_bases, get_conv
-from recon.timing import capture_layer_inputs, median_latencies
+from recon.timing import capture_layer_inputs, latencies_by_format
 
 
 @torch.inference_mode()
@@ -51,14 +51,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-LAYOUTS = {"NCHW": False, "channels_last": True}
-
-
-def layout_times(modules: list[nn.Module], inputs: torch.Tensor, repeats: int) -> dict[str, list[float]]:
-    """Median seconds of each module in each memory format (calls alternating within a format)."""
-    return {layout: median_latencies(modules, inputs, repeats, channels_last=flag) for layout, flag in LAYOUTS.items()}
-
-
 def run(args: argparse.Namespace) -> int:
     if args.model not in sources.zoo.BUNDLED:
         raise ValueError(f"--model must be a bundled model ({', '.join(sources.zoo.BUNDLED)}): "
@@ -70,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     batch = next(iter(data.loader("test", batch_size=args.batch_size)))[0]
     dense_acc = accuracy(dense, test, progress=True)
     if args.dense:
-        times = layout_times([dense], batch, args.repeats)
+        times = latencies_by_format([dense], batch, args.repeats)
         print(f"dense: accuracy {100 * dense_acc:.2f}%, latency per batch of {args.batch_size}: "
               + ", ".join(f"{layout} {1e3 * t[0]:.2f} ms" for layout, t in times.items()))
         return 0
@@ -86,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
              for name in layers]
     for label, reference, candidate, feed, size in rows:
         cells = [f"{1e3 * t_dense:8.2f} / {1e3 * t_low:7.2f} ({t_dense / t_low:4.2f}x)"
-                 for t_dense, t_low in layout_times([reference, candidate], feed, args.repeats).values()]
+                 for t_dense, t_low in latencies_by_format([reference, candidate], feed, args.repeats).values()]
         macs = "" if size is None else f"{candidate.theoretical_speedup(size):.2f}x"
         print(f"{label:<12} {cells[0]:>26} {cells[1]:>26} {macs:>10}")
     return 0

@@ -257,7 +257,8 @@ def report_results(args, model, approx, example, bundled) -> None:
     """The whole-model lines after the table: measured speedup and test accuracy when asked."""
     if args.target_speedup is not None:
         timing_batch = timing_example(args, example)
-        t_dense, t_low = median_latencies([model, approx], timing_batch, 50, channels_last=args.channels_last)
+        t_dense, t_low = median_latencies([model, approx], timing_batch, ranks.WHOLE_MODEL_REPEATS,
+                                        channels_last=args.channels_last)
         layout = "channels_last" if args.channels_last else "NCHW"
         print(f"whole model: target {args.target_speedup:.2f}x, measured {t_dense / t_low:.2f}x "
               f"(batch {args.guard_batch}, {layout}, fitted bases)")

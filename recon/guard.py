@@ -50,12 +50,8 @@ def time_replacement(dense: nn.Module, low_rank: nn.Module, inputs: torch.Tensor
     one: a layer near parity measured 1.06x-1.11x in one round and 0.89x later, so one
     lucky round must not keep it.
     """
-    worst = None
-    for _ in range(rounds):
-        t_dense, t_low = median_latencies([dense, low_rank], inputs, repeats, channels_last=channels_last)
-        if worst is None or t_dense / t_low < worst[0] / worst[1]:
-            worst = (t_dense, t_low)
-    t_dense, t_low = worst
+    t_dense, t_low = min((median_latencies([dense, low_rank], inputs, repeats, channels_last=channels_last)
+                          for _ in range(rounds)), key=lambda times: times[0] / times[1])
     decision = GuardDecision(name, 1e3 * t_dense, 1e3 * t_low, t_dense / t_low >= min_speedup)
     LOG.info("%s", decision)
     return decision

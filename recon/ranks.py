@@ -28,6 +28,9 @@ from solvers import scheme2
 from solvers.objectives import Moments
 
 
+WHOLE_MODEL_REPEATS = 50  # timed calls per model when the search and the CLI measure a whole model
+
+
 @dataclass
 class LayerOptions:
     """Per-K data error and MACs of one layer (index k-1 holds rank k)."""
@@ -124,7 +127,7 @@ def model_with_ranks(model: nn.Module, options: list[LayerOptions], ranks: dict[
 
 def select_ranks(model: nn.Module, options: list[LayerOptions], other_macs: int, target: float,
                  example: torch.Tensor, rounds: int = 6, report: Callable[[str], None] = print,
-                 channels_last: bool = False, margin: float = 0.03, repeats: int = 50) -> Selection:
+                 channels_last: bool = False, margin: float = 0.03, repeats: int = WHOLE_MODEL_REPEATS) -> Selection:
     """Greedy ranks whose measured speedup on ``example`` meets ``target`` (best effort in ``rounds``).
 
     The search aims at ``target * (1 + margin)`` so that a later measurement of the fitted

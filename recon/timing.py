@@ -46,6 +46,14 @@ def median_latencies(modules: list[nn.Module], inputs: torch.Tensor | list[torch
     return [statistics.median(samples) for samples in times]
 
 
+MEMORY_FORMATS = {"NCHW": False, "channels_last": True}
+
+
+def latencies_by_format(modules: list[nn.Module], inputs: torch.Tensor, repeats: int = 20) -> dict[str, list[float]]:
+    """``median_latencies`` of ``modules`` in each memory format, NCHW first."""
+    return {name: median_latencies(modules, inputs, repeats, channels_last=flag) for name, flag in MEMORY_FORMATS.items()}
+
+
 def capture_layer_inputs(model: nn.Module, names: list[str], example: torch.Tensor) -> dict[str, torch.Tensor]:
     """Each named submodule's input for one forward pass of ``example``."""
     captured: dict[str, torch.Tensor] = {}
