@@ -13,76 +13,44 @@ RESULTS.md and the plot benchmarks/accuracy_vs_speedup.png.
 from __future__ import annotations
 
 import argparse
-import copy
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from benchmarks.common import machine, markdown_table, write_section
-from recon import data, zoo
-from recon.baselines import DecompositionError, peer_layer, peer_macs
-from recon.evaluate import accuracy
-from recon.finetune import finetune
-from recon.fitting import FitSettings, fit_model, layer_input_sizes
-from recon.modules import ConvGeometry, Scheme1Conv, Scheme2Conv
-from recon.surgery import replace_layer
-from recon.timing import latencies_by_format
-from solvers import scheme1, scheme2
+from recon import compress, data, methods, zoo
+from recon.bench.timing import latencies_by_format
+from recon.errors import FitError
+from recon.methods import SolverOptions
+from recon.metrics import accuracy
+from recon.nn import ConvGeometry
+from recon.pipeline.finetune import finetune
 
 LAYERS = ("conv2", "conv3", "conv4", "conv5")
 CP_ITERATIONS = 50  # tensorly ALS iterations per CP fit (the CLI uses 200); keeps the benchmark short
 PLOT = Path(__file__).resolve().parent / "accuracy_vs_speedup.png"
-
-
-def largest_rank(macs_of_rank, dense: int, factor: float, top: int) -> int | None:
-    """Largest rank in 1..top whose MACs are at most dense / factor."""
-    fitting = [rank for rank in range(1, top + 1) if macs_of_rank(rank) * factor <= dense]
-    return fitting[-1] if fitting else None
+SETTINGS = {"scheme2-data-asym": ("scheme2", "data", True), "scheme2-filter": ("scheme2", "filter", False),
+            "scheme1-data": ("scheme1", "data", False), "cp": ("cp", "filter", False),
+            "tucker2": ("tucker2", "filter", False)}
 
 
 def rank_for(method: str, conv, size: tuple[int, int], factor: float) -> int | None:
-    geometry = ConvGeometry.of(conv)
-    n, c, kh, kw = conv.weight.shape
-    dense = geometry.dense_macs(*size)
-    zeros = np.zeros
-    if method.startswith("scheme2"):
-        per = Scheme2Conv(geometry, zeros((1, c, kh)), zeros((n, 1, kw))).macs(size)
-        return largest_rank(lambda r: r * per, dense, factor, scheme2.max_rank(conv.weight.shape))
-    if method.startswith("scheme1"):
-        per = Scheme1Conv(geometry, zeros((1, kh)), zeros((1, kw)), zeros((n, c, 1))).macs(size)
-        return largest_rank(lambda r: r * per, dense, factor, scheme1.max_bases(conv.weight.shape))
-    if method == "cp":
-        cp = lambda r: peer_macs("cp", {"in_factor": zeros((c, r))}, geometry, size)
-        return largest_rank(cp, dense, factor, 4 * max(n, c))
-    tucker = lambda r: peer_macs("tucker2", {"core": zeros((min(r, n), min(r, c), kh, kw))}, geometry, size)
-    return largest_rank(tucker, dense, factor, max(n, c))
+    """The largest rank of ``method`` whose MACs at ``size`` are at most the dense conv's / ``factor``."""
+    return methods.get(method).rank_for_speedup(ConvGeometry.of(conv), size, factor) or None
 
 
-def compress(model, method: str, factor: float, sizes, batches):
-    """The compressed model and its conv MACs per image; raises DecompositionError for failed CP fits."""
+def compress_all(model, label: str, factor: float, sizes, batches):
+    """The compressed model, its ranks and the conv MAC reduction; FitError for failed CP fits."""
+    method, mode, asymmetric = SETTINGS[label]
     ranks = {name: rank_for(method, getattr(model, name), sizes[name], factor) for name in LAYERS}
     ranks = {name: rank for name, rank in ranks.items() if rank is not None}
-    if method.startswith("scheme"):
-        scheme = int(method[6])
-        mode = "filter" if method.endswith("filter") else "data"
-        settings = FitSettings(scheme=scheme, mode=mode, asymmetric=method.endswith("asym"))
-        low = fit_model(model, ranks, settings, batches, sizes)
-        macs = {name: low.get_submodule(name).macs(sizes[name]) for name in ranks}
-    else:
-        low = copy.deepcopy(model)
-        macs = {}
-        for name, rank in ranks.items():
-            conv = getattr(model, name)
-            if method == "tucker2":
-                rank = (min(rank, conv.out_channels), min(rank, conv.in_channels))
-            record = peer_layer(conv, name, method, rank, sizes[name], cp_iterations=CP_ITERATIONS)
-            replace_layer(low, name, record.to_module())
-            macs[name] = peer_macs(method, record.factors, record.geometry, sizes[name])
-    dense = {name: ConvGeometry.of(getattr(model, name)).dense_macs(*sizes[name]) for name in LAYERS}
-    dense["conv1"] = ConvGeometry.of(model.conv1).dense_macs(28, 28)
-    total = sum(macs.get(name, dense[name]) for name in dense)
-    return low, ranks, sum(dense.values()) / total
+    result = compress(model, batches if mode == "data" else None, ranks=ranks, method=method, mode=mode,
+                      asymmetric=asymmetric, input_size=(1, 28, 28), solver=SolverOptions(cp_iterations=CP_ITERATIONS),
+                      progress=False)
+    dense = {name: ConvGeometry.of(getattr(model, name)).dense_macs(sizes[name]) for name in LAYERS}
+    dense["conv1"] = ConvGeometry.of(model.conv1).dense_macs((28, 28))
+    total = sum(result.layers[name].macs if name in result.layers else dense[name] for name in dense)
+    return result.model, {name: record.rank for name, record in result.layers.items()}, sum(dense.values()) / total
 
 
 def plot(rows: list[dict]) -> None:
@@ -122,15 +90,15 @@ def main(argv: list[str] | None = None) -> None:
     test = data.loader("test", batch_size=500)
     batches = lambda: data.loader("train", batch_size=250, limit=args.samples)
     timing = next(iter(batches()))[0][:32].contiguous()
-    sizes = layer_input_sizes(model, list(LAYERS), timing[:1])
+    sizes = {"conv2": (14, 14), "conv3": (7, 7), "conv4": (7, 7), "conv5": (7, 7)}
     dense_acc = accuracy(model, test)
     rows = []
     for method in args.methods:
         for level in args.levels:
             row = {"method": method, "level": level, "dense": dense_acc, "accuracy": None}
             try:
-                low, ranks, macs = compress(model, method, level, sizes, batches)
-            except DecompositionError as err:
+                low, ranks, macs = compress_all(model, method, level, sizes, batches)
+            except FitError as err:
                 row.update(note=f"failed: {err}")
                 rows.append(row)
                 print(row, flush=True)
@@ -138,7 +106,8 @@ def main(argv: list[str] | None = None) -> None:
             measured, measured_cl = (dense / fast for dense, fast in latencies_by_format([model, low], timing).values())
             row.update(ranks=ranks, macs=macs, accuracy=accuracy(low, test), measured=measured, measured_cl=measured_cl)
             if args.finetune_images:
-                finetune(low, 1, 1e-4, "all", limit=args.finetune_images, report=lambda line: None)
+                train = data.loader("train", batch_size=128, shuffle=True, limit=args.finetune_images)
+                finetune(low, train, 1, 1e-4, "all", report=lambda line: None)
                 row["finetuned"] = accuracy(low, test)
             rows.append(row)
             print(row, flush=True)

@@ -15,14 +15,13 @@ from __future__ import annotations
 import argparse
 import copy
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from benchmarks.common import machine, markdown_table, write_section
-from benchmarks.inference_speed import bases_for_speedup, random_module
-from recon.timing import median_latencies
+from benchmarks.inference_speed import module_for_speedup
+from recon.bench.timing import median_latencies
 
 SHAPES = [("fmnist conv2", 64, 128, 5, 14, 32), ("fmnist conv3", 128, 192, 3, 7, 32),
           ("VGG 256->256 @56", 256, 256, 3, 56, 8), ("VGG 512->512 @14", 512, 512, 3, 14, 32)]
@@ -50,16 +49,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=10)
     args = parser.parse_args(argv)
-    rng = np.random.default_rng(0)
     rows = []
     with torch.inference_mode():
         for name, c, n, k, size, batch in SHAPES:
             conv = nn.Conv2d(c, n, k, padding=k // 2).to(args.device)
             x = torch.randn(batch, c, size, size, device=args.device)
-            s1 = random_module(conv, 1, bases_for_speedup(conv, 1, 2, size), rng).to(args.device)
+            s1 = module_for_speedup(conv, "scheme1", 2, size).to(args.device)
             folded = FoldedScheme1(s1).to(args.device)
             torch.testing.assert_close(folded(x), s1(x), atol=1e-3, rtol=1e-3)
-            s2 = random_module(conv, 2, bases_for_speedup(conv, 2, 2, size), rng).to(args.device)
+            s2 = module_for_speedup(conv, "scheme2", 2, size).to(args.device)
             x_last = x.contiguous(memory_format=torch.channels_last)
             s2_last = copy.deepcopy(s2).to(memory_format=torch.channels_last)  # Module.to works in place
             conv_last = copy.deepcopy(conv).to(memory_format=torch.channels_last)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from benchmarks.common import machine, write_section
 from benchmarks.target_speedup import run_cli
-from recon.evaluate import main as evaluate_main
+from recon.cli.evaluate import main as evaluate_main
 
 LAYERS = ["--layer", "conv2", "--layer", "conv3", "--layer", "conv4", "--layer", "conv5"]
 SETTINGS = [["--scheme", "1", "--bases", "4"], ["--scheme", "2", "--bases", "conv2=48,conv3=52,conv4=64,conv5=64"]]

@@ -17,58 +17,43 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
 from benchmarks.common import machine, markdown_table, write_section
-from recon.modules import ConvGeometry, LowRankExpConv, Scheme1Conv, Scheme2Conv
-from recon.timing import latencies_by_format
-from solvers import scheme1, scheme2
+from recon import methods
+from recon.bench.placeholders import random_module
+from recon.bench.timing import latencies_by_format
+from recon.nn import ConvGeometry, LowRankModule
 
 BUNDLED = [("fmnist conv2", 64, 128, 5, 14), ("fmnist conv3", 128, 192, 3, 7), ("fmnist conv4", 192, 192, 3, 7)]
 VGG = [("VGG 64->64 @224", 64, 64, 3, 224), ("VGG 256->256 @56", 256, 256, 3, 56),
        ("VGG 512->512 @28", 512, 512, 3, 28), ("VGG 512->512 @14", 512, 512, 3, 14)]
 
 
-def random_module(conv: nn.Conv2d, scheme: int, num_bases: int, rng) -> LowRankExpConv:
+def module_for_speedup(conv: nn.Conv2d, method: str, target: float, size: int) -> LowRankModule | None:
+    """``method``'s module (random factors) at the largest rank whose theoretical speedup at
+    ``size`` is >= ``target``; None when no rank reaches it."""
     geometry = ConvGeometry.of(conv)
-    n, c, kh, kw = conv.weight.shape
-    bias = rng.standard_normal(n)
-    if scheme == 1:
-        return Scheme1Conv(geometry, rng.standard_normal((num_bases, kh)), rng.standard_normal((num_bases, kw)),
-                           rng.standard_normal((n, c, num_bases)), bias)
-    return Scheme2Conv(geometry, rng.standard_normal((num_bases, c, kh)), rng.standard_normal((n, num_bases, kw)), bias)
-
-
-def bases_for_speedup(conv: nn.Conv2d, scheme: int, target: float, size: int) -> int | None:
-    """Largest number of bases whose theoretical speedup at ``size`` is >= ``target``.
-
-    Both schemes' MACs are linear in the number of bases, so one single-basis module gives it.
-    """
-    shape = tuple(conv.weight.shape)
-    top = scheme1.max_bases(shape) if scheme == 1 else scheme2.max_rank(shape)
-    single = random_module(conv, scheme, 1, np.random.default_rng(0))
-    count = min(top, int(single.geometry.dense_macs(size, size) / (target * single.macs((size, size)))))
-    return count if count >= 1 else None
+    rank = methods.get(method).rank_for_speedup(geometry, (size, size), target)
+    return random_module(methods.get(method), geometry, rank) if rank else None
 
 
 def layer_rows(cases, batches, targets, device, repeats) -> list[list[object]]:
     rows = []
-    rng = np.random.default_rng(0)
     for name, c, n, k, size in cases:
         conv = nn.Conv2d(c, n, k, padding=k // 2).to(device)
         for batch in batches:
             x = torch.randn(batch, c, size, size, device=device)
             for scheme in (1, 2):
                 for target in targets:
-                    count = bases_for_speedup(conv, scheme, target, size)
-                    if count is None:
+                    low = module_for_speedup(conv, f"scheme{scheme}", target, size)
+                    if low is None:
                         rows.append([name, batch, scheme, f">={target}x", "-", "unreachable"] + [""] * 6)
                         continue
-                    low = random_module(conv, scheme, count, rng).to(device)
+                    low = low.to(device)
                     theory = low.theoretical_speedup((size, size))
-                    row = [name, batch, scheme, f">={target}x", count, f"{theory:.2f}x"]
+                    row = [name, batch, scheme, f">={target}x", low.rank, f"{theory:.2f}x"]
                     for t_dense, t_low in latencies_by_format([conv, low], x, repeats).values():
                         measured = t_dense / t_low
                         row += [f"{1e3 * t_dense:.2f} / {1e3 * t_low:.2f}", f"{measured:.2f}x", f"{measured / theory:.2f}"]
@@ -83,7 +68,7 @@ def onnx_seconds(model: nn.Module, x: torch.Tensor, repeats: int, folder: Path) 
         import onnxruntime
     except ImportError:
         return None
-    from recon.export import export_onnx
+    from recon.cli.export import export_onnx
 
     path = export_onnx(model.cpu(), torch.zeros(1, *x.shape[1:]), folder / f"m{id(model)}.onnx")
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -105,16 +90,13 @@ def whole_model_rows(targets, device, repeats) -> list[list[object]]:
     rows = []
     dense = zoo.load_model("fmnist-alexnet").to(device)
     sizes = {"conv2": 14, "conv3": 7, "conv4": 7, "conv5": 7}
-    rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as folder:
         for batch in (1, 32):
             x = torch.randn(batch, 1, 28, 28, device=device)
             for target in targets:
                 low = zoo.load_model("fmnist-alexnet").to(device)
                 for name, size in sizes.items():
-                    conv = getattr(dense, name)
-                    count = bases_for_speedup(conv, 2, target, size)
-                    replace_layer(low, name, random_module(conv, 2, count, rng).to(device))
+                    replace_layer(low, name, module_for_speedup(getattr(dense, name), "scheme2", target, size).to(device))
                 row = [batch, f">={target}x per layer (conv2-5)"]
                 for t_dense, t_low in latencies_by_format([dense, low], x, repeats).values():
                     row.append(f"{1e3 * t_dense:.2f} / {1e3 * t_low:.2f} = {t_dense / t_low:.2f}x")

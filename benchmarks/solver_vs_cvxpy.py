@@ -83,14 +83,14 @@ def jax_vs_cvxpy(name: str, weights: np.ndarray, num_bases: int, cvxpy_limit: fl
 WHOLE_MODEL = """
 import time, sys
 start = time.perf_counter()
-from recon import zoo
-from recon.surgery import eligible_layers, get_conv
+from recon import methods, zoo
+from recon.pipeline.select import eligible_layers
 from solvers import scheme1, scheme2
 from solvers.objectives import filter_objective
 model = zoo.load_model("fmnist-alexnet")
 scheme = int(sys.argv[1])
-for name in eligible_layers(model):
-    w = get_conv(model, name).weight.detach().numpy()
+for name in eligible_layers(model, methods.get("scheme2")):
+    w = model.get_submodule(name).weight.detach().numpy()
     if scheme == 1:
         scheme1.fit(w, filter_objective(w), 4)
     else:
@@ -105,12 +105,11 @@ def whole_model_seconds(scheme: int) -> float:
 
 
 def lbfgs_study(samples: int) -> list[list[object]]:
-    from recon import data, zoo
-    from recon.stats import gather_moments
+    from recon import data, observe, zoo
 
     model = zoo.load_model("fmnist-alexnet")
-    moments = gather_moments(model, "conv2", data.loader("train", batch_size=250, limit=samples),
-                             patches_per_image=32, progress=False)
+    moments = observe(model, data.loader("train", batch_size=250, limit=samples), ["conv2"], patches_per_image=32,
+                      progress=False)["conv2"]
     weights = model.conv2.weight.detach().numpy()
     quad = data_objective(weights, moments)
     rows = []

@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 from benchmarks.common import machine, write_section
-from recon.fit import main as fit_main
+from recon.cli.fit import main as fit_main
 
 
 def run_cli(arguments: list[str]) -> tuple[int, str]:

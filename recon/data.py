@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from recon.errors import ConfigError, DataError
+
 DEFAULT_DATA_DIR = Path("/usr/share/datasets/fashion-mnist")
 DEBIAN_PACKAGE = "dataset-fashion-mnist"
 INSTALL_HINT = f"apt-get update && apt-get install -y {DEBIAN_PACKAGE}"
@@ -32,10 +34,6 @@ CLASS_NAMES = (
 # Per-pixel statistics of the training images (computed once from the 60,000 images).
 PIXEL_MEAN = 0.2860
 PIXEL_STD = 0.3530
-
-
-class DataError(RuntimeError):
-    """A data file is missing or is not a valid Fashion-MNIST idx file."""
 
 
 def data_dir() -> Path:
@@ -84,7 +82,7 @@ def _split_file(split: str, kind: str) -> Path:
 def load_split(split: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Images as uint8 (n, 28, 28) and labels as int64 (n,) for ``split`` in {train, test}."""
     if split not in SPLIT_SIZES:
-        raise ValueError(f"unknown split {split!r}; allowed: {sorted(SPLIT_SIZES)} (and 'validation' in dataset())")
+        raise ConfigError(f"unknown split {split!r}; allowed: {sorted(SPLIT_SIZES)} (and 'validation' in dataset())")
     count = SPLIT_SIZES[split]
     images = _read_idx(_split_file(split, "images"), IMAGE_MAGIC, count, (IMAGE_SIZE, IMAGE_SIZE))
     label_path = _split_file(split, "labels")

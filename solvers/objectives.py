@@ -25,36 +25,67 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from solvers.errors import ProblemError
+
 
 class Moments(NamedTuple):
-    """First and second moments of a layer's input patches (all float64 NumPy).
+    """Moments of a layer's input patches (float64 NumPy), all the data objective needs.
 
-    mean (D,) = E[x]; second (D, D) = E[x x^T]; for the asymmetric form also
-    mean_hat = E[x_hat], cross = E[x x_hat^T], second_hat = E[x_hat x_hat^T]
-    (x_hat: the same patch seen through the already approximated upstream layers).
+    x is a patch of the dense model's input to the layer, x_hat the same patch seen through
+    the already approximated upstream layers (Zhang et al. 2015); x_hat = x in the symmetric
+    form. mean (D,) = E[x], mean_hat = E[x_hat], second_hat (D, D) = E[x_hat x_hat^T].
+    The asymmetric form adds, projected on the layer's own weights W (N, D):
+    output_cross (N, D) = E[(W x) x_hat^T] and output_energy = E||W x||^2, which is all the
+    objective needs of E[x x_hat^T] and E[x x^T], at N/D of their cost. Both are None in the
+    symmetric form, where they follow from second_hat.
     """
 
     count: int
     mean: np.ndarray
-    second: np.ndarray
     mean_hat: np.ndarray
-    cross: np.ndarray
     second_hat: np.ndarray
+    output_cross: np.ndarray | None = None
+    output_energy: float | None = None
 
     @classmethod
     def symmetric(cls, count: int, mean: np.ndarray, second: np.ndarray) -> "Moments":
-        """Moments for x_hat = x."""
-        return cls(count, mean, second, mean, second, second)
+        """Moments for x_hat = x, from E[x] and E[x x^T]."""
+        return cls(count, mean, mean, second)
+
+    @property
+    def is_symmetric(self) -> bool:
+        return self.output_cross is None
 
     @property
     def dim(self) -> int:
         return int(self.mean.shape[0])
 
-    def covariances(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Cov(x), Cov(x, x_hat), Cov(x_hat) from the raw moments."""
-        return (self.second - np.outer(self.mean, self.mean),
-                self.cross - np.outer(self.mean, self.mean_hat),
-                self.second_hat - np.outer(self.mean_hat, self.mean_hat))
+    def covariance(self) -> np.ndarray:
+        """Cov(x) of the symmetric form (the asymmetric form does not keep it)."""
+        if not self.is_symmetric:
+            raise ProblemError("asymmetric moments keep Cov(x) only projected on the weights")
+        return self.covariance_hat()
+
+    def covariance_hat(self) -> np.ndarray:
+        """Cov(x_hat)."""
+        return self.second_hat - np.outer(self.mean_hat, self.mean_hat)
+
+    def output_moment(self, flat_weights: np.ndarray) -> np.ndarray:
+        """E[(W x) x_hat^T] (N, D) for the layer's flattened weights W (N, D)."""
+        return flat_weights @ self.second_hat if self.is_symmetric else self.output_cross
+
+    def output_second(self, flat_weights: np.ndarray) -> float:
+        """E||W x||^2."""
+        return quadratic_trace(flat_weights, self.second_hat, flat_weights) if self.is_symmetric else self.output_energy
+
+    def output_variance(self, flat_weights: np.ndarray) -> float:
+        """E||W x - E[W x]||^2, the total variance of the layer's outputs."""
+        centre = flat_weights @ self.mean
+        return self.output_second(flat_weights) - float(centre @ centre)
+
+    def output_covariance(self, flat_weights: np.ndarray) -> np.ndarray:
+        """W Cov(x, x_hat) (N, D)."""
+        return self.output_moment(flat_weights) - np.outer(flat_weights @ self.mean, self.mean_hat)
 
 
 class Quadratic(NamedTuple):
@@ -86,15 +117,15 @@ def check_weights(weights: np.ndarray) -> np.ndarray:
     """Validate a 4-D conv weight (N, C, kh, kw): finite, non-zero, something to separate."""
     weights = np.asarray(weights)
     if weights.ndim != 4:
-        raise ValueError(f"weights must be 4-D (out, in, kh, kw), got shape {weights.shape}")
+        raise ProblemError(f"weights must be 4-D (out, in, kh, kw), got shape {weights.shape}")
     if weights.shape[2] < 2 and weights.shape[3] < 2:
-        raise ValueError(
+        raise ProblemError(
             f"kernel {weights.shape[2]}x{weights.shape[3]} has nothing to separate; "
             "low-rank expansion needs a kernel larger than 1x1")
     if not np.all(np.isfinite(weights)):
-        raise ValueError("weights contain NaN or infinite values")
+        raise ProblemError("weights contain NaN or infinite values")
     if not np.any(weights):
-        raise ValueError("weights are all zero: nothing to approximate")
+        raise ProblemError("weights are all zero: nothing to approximate")
     return weights
 
 
@@ -107,35 +138,37 @@ def filter_objective(weights: np.ndarray, dtype=jnp.float32) -> Quadratic:
                      weight_scale=jnp.asarray(norm, dtype))
 
 
-def check_moments(moments: Moments, dim: int) -> None:
-    """Raise ValueError if the moments do not describe D-dimensional patches or are not finite."""
-    shapes = {"mean": (dim,), "second": (dim, dim), "mean_hat": (dim,), "cross": (dim, dim),
-              "second_hat": (dim, dim)}
+def check_moments(moments: Moments, dim: int, outputs: int) -> None:
+    """Raise ProblemError unless the moments describe D-dimensional patches of a layer with
+    ``outputs`` outputs, are finite and come from at least one patch."""
+    shapes = {"mean": (dim,), "mean_hat": (dim,), "second_hat": (dim, dim)}
+    if not moments.is_symmetric:
+        shapes.update(output_cross=(outputs, dim), output_energy=())
     for field, shape in shapes.items():
         value = np.asarray(getattr(moments, field))
         if value.shape != shape:
-            raise ValueError(
+            raise ProblemError(
                 f"statistics field {field!r} has shape {value.shape}, expected {shape} "
                 f"(patch size C*kh*kw = {dim})")
         if not np.all(np.isfinite(value)):
-            raise ValueError(f"statistics field {field!r} contains NaN or infinite values")
+            raise ProblemError(f"statistics field {field!r} contains NaN or infinite values")
     if moments.count < 1:
-        raise ValueError(f"statistics were gathered from {moments.count} patches; need at least 1")
+        raise ProblemError(f"statistics were gathered from {moments.count} patches; need at least 1")
 
 
 def data_objective(weights: np.ndarray, moments: Moments, dtype=jnp.float32) -> Quadratic:
     """Output-matching loss with bias refit (see module docstring) as a Quadratic."""
     weights = check_weights(weights)
     flat = weights.reshape(weights.shape[0], -1).astype(np.float64)
-    check_moments(moments, flat.shape[1])
-    cov, cov_cross, cov_hat = moments.covariances()
-    scale = quadratic_trace(flat, cov, flat)
+    check_moments(moments, flat.shape[1], flat.shape[0])
+    scale = moments.output_variance(flat)
     if not scale > 0:
-        raise ValueError("the layer's outputs do not vary on these statistics (output variance 0)")
+        raise ProblemError("the layer's outputs do not vary on these statistics (output variance 0)")
     norm = float(np.sqrt(np.vdot(flat, flat)))
-    a_matrix = cov_hat * (norm * norm / scale)
+    a_matrix = moments.covariance_hat() * (norm * norm / scale)
     top = float(np.linalg.eigvalsh(a_matrix)[-1])
-    return Quadratic(B=jnp.asarray(flat @ cov_cross * (norm / scale), dtype), A=jnp.asarray(a_matrix, dtype),
+    b_matrix = moments.output_covariance(flat) * (norm / scale)
+    return Quadratic(B=jnp.asarray(b_matrix, dtype), A=jnp.asarray(a_matrix, dtype),
                      lipschitz=jnp.asarray(top, dtype), weight_scale=jnp.asarray(norm, dtype))
 
 
@@ -166,9 +199,8 @@ def data_relative_error(weights: np.ndarray, bias: np.ndarray | None, w_hat: np.
     n = flat.shape[0]
     delta = (np.zeros(n) if bias is None else np.asarray(bias, np.float64)) - (
         np.zeros(n) if bias_hat is None else np.asarray(bias_hat, np.float64))
-    err = (quadratic_trace(flat, moments.second, flat)
-           - 2 * quadratic_trace(flat, moments.cross, flat_hat)
+    err = (moments.output_second(flat)
+           - 2 * float(np.vdot(moments.output_moment(flat), flat_hat))
            + quadratic_trace(flat_hat, moments.second_hat, flat_hat)
            + 2 * delta @ (flat @ moments.mean - flat_hat @ moments.mean_hat) + delta @ delta)
-    cov = moments.covariances()[0]
-    return float(err / quadratic_trace(flat, cov, flat))
+    return float(err / moments.output_variance(flat))

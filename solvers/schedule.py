@@ -13,6 +13,8 @@ from typing import NamedTuple
 import numpy as np
 import optax
 
+from solvers.errors import ProblemError
+
 
 class LambdaSchedule(NamedTuple):
     """Continuation schedule; the defaults fit the bundled model's layers."""
@@ -25,20 +27,20 @@ class LambdaSchedule(NamedTuple):
     rank_tol: float = 1e-3
 
     def validate(self) -> "LambdaSchedule":
-        """Return self, or raise ValueError naming the first setting out of range."""
+        """Return self, or raise ProblemError naming the first setting out of range."""
         if not (np.isfinite(self.lambda_min) and self.lambda_min > 0):
-            raise ValueError(f"lambda_min must be a finite number > 0, got {self.lambda_min}")
+            raise ProblemError(f"lambda_min must be a finite number > 0, got {self.lambda_min}")
         if not (np.isfinite(self.lambda_max) and self.lambda_max >= self.lambda_min):
-            raise ValueError(
+            raise ProblemError(
                 f"lambda_max must be >= lambda_min ({self.lambda_min}), got {self.lambda_max}: "
                 "the schedule only grows")
         if not self.growth > 1:
-            raise ValueError(f"growth must be > 1 (lambda grows each stage), got {self.growth}")
+            raise ProblemError(f"growth must be > 1 (lambda grows each stage), got {self.growth}")
         if self.max_stages < 1 or self.steps_per_stage < 1:
-            raise ValueError(
+            raise ProblemError(
                 f"max_stages and steps_per_stage must be >= 1, got {self.max_stages} and {self.steps_per_stage}")
         if not 0 < self.rank_tol < 1:
-            raise ValueError(f"rank_tol must lie in (0, 1), got {self.rank_tol}")
+            raise ProblemError(f"rank_tol must lie in (0, 1), got {self.rank_tol}")
         return self
 
     def values(self) -> np.ndarray:

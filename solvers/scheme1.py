@@ -29,6 +29,7 @@ import numpy as np
 import optax
 
 from solvers import prox
+from solvers.errors import DivergenceError, ProblemError
 from solvers.linear import solve_shared_design
 from solvers.objectives import Quadratic, check_weights
 from solvers.parallel import shard_leading_axis
@@ -71,7 +72,7 @@ def check_bases(shape: tuple[int, ...], num_bases: int) -> None:
     """Raise ValueError unless 1 <= num_bases <= max_bases(shape)."""
     top = max_bases(shape)
     if not 1 <= num_bases <= top:
-        raise ValueError(
+        raise ProblemError(
             f"Scheme 1 needs 1 <= M <= kh*kw = {top} for weights of shape {tuple(shape)} "
             f"(more bases than kernel entries cannot help), got M={num_bases}")
 
@@ -170,7 +171,7 @@ def fit_batch(weights: np.ndarray, quads: Quadratic, num_bases: int,
     """
     weights = np.asarray(weights)
     if weights.ndim != 5:
-        raise ValueError(f"weights must be (P, N, C, kh, kw), got shape {weights.shape}")
+        raise ProblemError(f"weights must be (P, N, C, kh, kw), got shape {weights.shape}")
     for single in weights:
         check_weights(single)
     check_bases(weights.shape[1:], num_bases)
@@ -178,7 +179,7 @@ def fit_batch(weights: np.ndarray, quads: Quadratic, num_bases: int,
     problems = weights.shape[0]
     scale = np.ones(problems) if lambda_scale is None else np.asarray(lambda_scale, np.float64)
     if scale.shape != (problems,) or not np.all(scale > 0):
-        raise ValueError(f"lambda_scale must be {problems} positive numbers, got {scale}")
+        raise ProblemError(f"lambda_scale must be {problems} positive numbers, got {scale}")
     dtype = quads.B.dtype
     weight_scale = np.asarray(quads.weight_scale).reshape(problems, 1, 1, 1, 1)
     scaled, quads = shard_leading_axis((jnp.asarray(weights / weight_scale, dtype), quads))
@@ -201,7 +202,7 @@ def fit_batch(weights: np.ndarray, quads: Quadratic, num_bases: int,
                              np.asarray(energy), schedule.steps_per_stage, time.perf_counter() - start)
         if not np.all(np.isfinite(report.objective)):
             bad = np.flatnonzero(~np.isfinite(report.objective)).tolist()
-            raise FloatingPointError(
+            raise DivergenceError(
                 f"Scheme 1 solve went non-finite at stage {index} (lambda={lam:g}) for problem(s) {bad}")
         stages.append(report)
         final_lambda = np.where(active, lam_each, final_lambda)
@@ -220,7 +221,7 @@ def _finish(factors, weight_scale: np.ndarray, final_lambda: np.ndarray, stages:
     horizontal = np.broadcast_to(horizontal, (len(weight_scale), *np.shape(horizontal)[-2:]))
     coeffs_out = np.asarray(refit) * weight_scale[..., 0]
     if not np.all(np.isfinite(coeffs_out)):
-        raise FloatingPointError("Scheme 1 coefficient refit after the rank-1 cut produced non-finite values")
+        raise DivergenceError("Scheme 1 coefficient refit after the rank-1 cut produced non-finite values")
     return Scheme1Result(np.array(vertical), np.array(horizontal), coeffs_out,
                          np.asarray(fit_error), final_lambda, stages)
 
@@ -228,7 +229,7 @@ def _finish(factors, weight_scale: np.ndarray, final_lambda: np.ndarray, stages:
 def stack_quadratics(quads: list[Quadratic]) -> Quadratic:
     """One Quadratic with a leading batch axis from several of equal shapes and kind."""
     if len({q.A is None for q in quads}) != 1:
-        raise ValueError("cannot batch filter- and data-reconstruction problems together")
+        raise ProblemError("cannot batch filter- and data-reconstruction problems together")
     return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *quads)
 
 

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from solvers.errors import DivergenceError, ProblemError
 from solvers.linear import solve_shared_design
 from solvers.objectives import Quadratic, check_weights
 
@@ -40,7 +41,7 @@ def check_rank(shape: tuple[int, ...], rank: int) -> None:
     """Raise ValueError unless 1 <= rank <= max_rank(shape)."""
     top = max_rank(shape)
     if not 1 <= rank <= top:
-        raise ValueError(
+        raise ProblemError(
             f"Scheme 2 needs 1 <= K <= min(C*kh, N*kw) = {top} for weights of shape {tuple(shape)}, "
             f"got K={rank}")
 
@@ -148,7 +149,7 @@ def fit(weights: np.ndarray, rank: int, quad: Quadratic | None = None,
     factors = jax.block_until_ready(factors)
     vertical, horizontal = np.asarray(factors.vertical), np.asarray(factors.horizontal)
     if not (np.all(np.isfinite(vertical)) and np.all(np.isfinite(horizontal))):
-        raise FloatingPointError(
+        raise DivergenceError(
             f"Scheme 2 {'filter' if quad is None else 'data'} fit produced non-finite factors "
             f"(K={rank}, weights {weights.shape}); try float64 or fewer L-BFGS iterations")
     if loss is None:

@@ -5,8 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from recon import data, zoo
-from recon.stats import gather_moments
+from recon import data, observe, zoo
 
 
 @pytest.fixture(scope="session")
@@ -18,7 +17,7 @@ def model():
 def conv2_moments(model):
     """Symmetric input statistics of conv2 from 500 real training images."""
     batches = data.loader("train", batch_size=250, limit=500)
-    return gather_moments(model, "conv2", batches, patches_per_image=16, progress=False)
+    return observe(model, batches, ["conv2"], patches_per_image=16, progress=False)["conv2"]
 
 
 def decaying_weights(shape, seed=0, decay=0.7) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""recon.fit and recon.evaluate end to end, and their answers to bad input."""
+"""recon.fit and recon.evaluate end to end, and their answers to bad arguments."""
 import copy
 import re
 
@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from recon import apply_bases, data, fit, zoo
-from recon.evaluate import accuracy
-from recon.evaluate import main as evaluate_main
-from recon.store import read_bases
+from recon.cli.evaluate import main as evaluate_main
+from recon.io.bases_file import read_bases
+from recon.metrics import accuracy
 
 TINY = "tests.fixture_models:tiny"
 
@@ -27,10 +27,10 @@ def test_fit_on_real_data_then_apply_to_fresh_model(tmp_path, capsys):
     code, stdout, _ = run_fit(capsys, "--layer", "conv2", "--bases", "24", "--samples", "500",
                               "--patches-per-image", "8", "--out", str(out))
     assert code == 0
-    assert "conv2" in stdout and "data err" in stdout
+    assert "conv2" in stdout and "output var. lost" in stdout
     layer = read_bases(out).layers["conv2"]
-    assert layer.mode == "data" and layer.scheme == 2 and layer.num_bases == 24
-    assert 0 <= layer.data_rel_error < layer.filter_rel_error
+    assert layer.mode == "data" and layer.method == "scheme2" and layer.rank == 24
+    assert 0 <= layer.output_variance_lost < layer.filter_energy_lost
     fresh = zoo.load_model("fmnist-alexnet")
     dense = copy.deepcopy(fresh)
     apply_bases(fresh, out)
@@ -43,6 +43,14 @@ def test_fit_on_real_data_then_apply_to_fresh_model(tmp_path, capsys):
     assert "whole model" in report and "channels_last" in report and "conv2" in report
 
 
+def test_filter_mode_on_the_bundled_model_reads_no_data(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("recon.data.load_split", lambda split: pytest.fail("Fashion-MNIST was read"))
+    code, stdout, err = run_fit(capsys, "--layer", "conv3", "--bases", "16", "--mode", "filter",
+                                "--out", str(tmp_path / "f.h5"))
+    assert code == 0, err
+    assert read_bases(tmp_path / "f.h5").layers["conv3"].input_shape == (128, 7, 7)
+
+
 def test_user_model_filter_mode_and_extending_a_file(tmp_path, capsys):
     out = tmp_path / "tiny.h5"
     code, stdout, _ = run_fit(capsys, "--model", TINY, "--layer", "features.0", "--bases", "4", "--out", str(out))
@@ -53,31 +61,72 @@ def test_user_model_filter_mode_and_extending_a_file(tmp_path, capsys):
     assert code == 0
     layers = read_bases(out).layers
     assert set(layers) == {"features.0", "features.4"} and layers["features.4"].mode == "data"
-    assert np.isfinite(layers["features.4"].data_rel_error)
+    assert np.isfinite(layers["features.4"].output_variance_lost)
 
 
 def test_all_layers_skip_1x1_and_asymmetric_runs(tmp_path, capsys):
     out = tmp_path / "tiny.h5"
-    code, _, _ = run_fit(capsys, "--model", TINY, "--data", "tests.fixture_models:tiny_batches", "--layer", "all",
-                         "--bases", "features.0=3,features.4=4", "--asymmetric", "--out", str(out))
+    code, stdout, _ = run_fit(capsys, "--model", TINY, "--data", "tests.fixture_models:tiny_batches", "--layer", "all",
+                              "--bases", "features.0=3,features.4=4", "--asymmetric", "--out", str(out))
     assert code == 0
+    assert set(read_bases(out).layers) == {"features.0", "features.4"}
+    assert "features.2 (it has a 1x1 kernel" in stdout
+
+
+def test_layers_by_regular_expression(tmp_path, capsys):
+    out = tmp_path / "tiny.h5"
+    code, _, err = run_fit(capsys, "--model", TINY, "--layer", "features\\.[04]", "--bases", "2", "--out", str(out))
+    assert code == 0, err
     assert set(read_bases(out).layers) == {"features.0", "features.4"}
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--layer", "conv9", "--bases", "4"], "no layer 'conv9'; eligible layers: features.0, features.4"),
-    (["--layer", "head", "--bases", "4"], "is a Linear, not an nn.Conv2d"),
+    (["--layer", "conv9", "--bases", "4"], "no layer 'conv9'; layers scheme2 can replace: features.0, features.4"),
+    (["--layer", "head", "--bases", "4"], "'head' cannot be replaced by scheme2: it is a Linear layer"),
     (["--layer", "features.2", "--bases", "4"], "1x1 kernel"),
-    (["--layer", "features.0", "--bases", "99"], "K <= min\\(C\\*kh, N\\*kw\\) = 9"),
-    (["--layer", "features.0", "--bases", "10", "--scheme", "1"], "M <= kh\\*kw = 9"),
-    (["--layer", "features.0", "--bases", "x"], "--bases must be a whole number"),
+    (["--layer", "features.0", "--bases", "99"], "rank in 1..9 .*min\\(C\\*kh, N\\*kw\\)"),
+    (["--layer", "features.0", "--bases", "10", "--scheme", "1"], "rank in 1..9 .*M <= kh\\*kw"),
+    (["--layer", "features.0", "--bases", "x=y=z"], "--bases must be a whole number"),
     (["--layer", "features.0", "--bases", "4", "--lambda-max", "1e-9"], "lambda_max must be >= lambda_min"),
     (["--layer", "features.0", "--bases", "4", "--mode", "data"], "--mode data needs --data"),
+    (["--layer", "all", "--bases", "features.0=8,nosuch=4"], "ranks name layer\\(s\\) that are not selected: nosuch"),
+    (["--layer", "all", "--bases", "features.0=2,features.0=3"], "--bases names layer 'features.0' twice"),
+    (["--layer", "features.0", "--bases", "2", "--method", "cp", "--mode", "data"], "--mode data needs --data"),
+    (["--layer", "features.0", "--bases", "2", "--method", "cp", "--data", "tests.fixture_models:tiny_batches",
+      "--mode", "data"], "method cp reconstructs weights only"),
+    (["--layer", "features.0", "--bases", "2", "--method", "cp", "--asymmetric"], "asymmetric fitting .* needs mode='data'"),
+    (["--layer", "head", "--bases", "2", "--method", "cp"], "'head' cannot be replaced by cp"),
+    (["--layer", "all", "--bases", "2", "--eval"], "--eval and --accuracy-budget measure Fashion-MNIST accuracy"),
+    (["--layer", "all", "--accuracy-budget", "1"], "bundled models only"),
+    (["--layer", "all", "--target-speedup", "2"], "give --data or --input-size"),
 ])
 def test_bad_arguments_get_clear_errors(args, message, tmp_path, capsys):
     code, _, err = run_fit(capsys, "--model", TINY, "--out", str(tmp_path / "x.h5"), *args)
     assert code == 2
     assert re.search(message, err), err
+    assert not (tmp_path / "x.h5").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--samples", "-1"], "--samples: must be >= 1, got -1"),
+    (["--lbfgs-iterations", "0"], "--lbfgs-iterations: must be >= 1"),
+    (["--patches-per-image", "-3"], "--patches-per-image: must be >= 0"),
+    (["--target-speedup", "-2"], "--target-speedup: must be a finite number > 0"),
+    (["--bases", "2", "--target-speedup", "2"], "not allowed with argument"),
+])
+def test_bad_numbers_stop_at_parsing(args, message, capsys):
+    with pytest.raises(SystemExit) as stop:
+        fit.main(["--model", TINY, "--layer", "all", *(["--bases", "2"] if "--bases" not in args and
+                                                       "--target-speedup" not in args else []), *args])
+    assert stop.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_target_below_one_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("recon.pipeline.compress.observe", lambda *a, **k: pytest.fail("statistics were gathered"))
+    code, _, err = run_fit(capsys, "--model", TINY, "--data", "tests.fixture_models:tiny_batches", "--layer", "all",
+                           "--target-speedup", "0.5", "--out", str(tmp_path / "x.h5"))
+    assert code == 2 and "target speedup must be a number > 1, got 0.5" in err
 
 
 def test_bad_models_and_paths(tmp_path, capsys):
@@ -92,13 +141,16 @@ def test_bad_models_and_paths(tmp_path, capsys):
     code, _, err = run_fit(capsys, "--model", TINY, "--layer", "all", "--bases", "2",
                            "--out", str(tmp_path / "missing" / "b.h5"))
     assert code == 2 and "does not exist" in err
+    code, _, err = run_fit(capsys, "--model", TINY, "--layer", "all", "--bases", "2", "--out", str(tmp_path))
+    assert code == 2 and "it is a directory" in err
 
 
-def test_file_of_another_model_is_not_mixed(tmp_path, capsys):
+def test_file_of_another_model_is_refused_before_fitting(tmp_path, capsys, monkeypatch):
     out = tmp_path / "b.h5"
     assert run_fit(capsys, "--model", TINY, "--layer", "features.0", "--bases", "2", "--out", str(out))[0] == 0
     with h5py.File(out, "a") as f:
         f.attrs["model_sha256"] = "0" * 64
+    monkeypatch.setattr("recon.cli.fit.compress", lambda *a, **k: pytest.fail("fitting started"))
     code, _, err = run_fit(capsys, "--model", TINY, "--layer", "features.4", "--bases", "2", "--out", str(out))
     assert code == 2 and "another model" in err
 
@@ -111,7 +163,7 @@ def test_interrupt_keeps_saved_layers(tmp_path, capsys, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("recon.fitting.fit_weights", interrupted)
+    monkeypatch.setattr("recon.pipeline.compress.fit_layer", interrupted)
     code, _, err = run_fit(capsys, "--model", TINY, "--layer", "features.4", "--bases", "2", "--out", str(out))
     assert code == 130 and "not damaged" in err
     assert out.read_bytes() == before
@@ -141,23 +193,14 @@ def test_peer_methods_are_saved_and_loaded_like_schemes(tmp_path, capsys):
     expected = copy.deepcopy(model)
     for name, layer in layers.items():
         parent, _, attr = name.rpartition(".")
-        setattr(expected.get_submodule(parent) if parent else expected, attr, layer.to_module())
+        setattr(expected.get_submodule(parent) if parent else expected, attr, layer.module)
     apply_bases(model, out)
     x = torch.randn(2, 3, 10, 10)
     torch.testing.assert_close(model(x), expected(x))
     assert type(model.head).__name__ == "LowRankLinear"
 
 
-def test_peer_and_budget_errors(tmp_path, capsys):
-    code, _, err = run_fit(capsys, "--model", TINY, "--layer", "features.0", "--method", "svd", "--bases", "2",
-                           "--out", str(tmp_path / "x.h5"))
-    assert code == 2 and "is a Conv2d, not an nn.Linear" in err
-    code, _, err = run_fit(capsys, "--model", TINY, "--layer", "all", "--method", "cp", "--bases", "2",
-                           "--out", str(tmp_path / "x.h5"))
-    assert code == 2 and "explicitly named --layer" in err
-    code, _, err = run_fit(capsys, "--model", TINY, "--layer", "all", "--accuracy-budget", "1",
-                           "--out", str(tmp_path / "x.h5"))
-    assert code == 2 and "bundled model only" in err
+def test_samples_bound_the_bundled_training_split(tmp_path, capsys):
     code, _, err = run_fit(capsys, "--layer", "conv2", "--bases", "4", "--samples", "59000",
                            "--out", str(tmp_path / "x.h5"))
     assert code == 2 and "--samples must be <= 55000" in err

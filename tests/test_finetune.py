@@ -1,25 +1,28 @@
-"""Fine-tuning trains the low-rank factors (or everything) and saves a loadable state dict."""
+"""Fine-tuning trains the low-rank factors (or everything) and saves a bases file that loads."""
 import copy
 
+import pytest
 import torch
 
-from recon import apply_bases, zoo
-from recon.finetune import finetune, main as finetune_main
-from recon.modules import LowRankExpConv
-from recon.store import BasesFile, model_sha256, write_bases
-from recon.fitting import FitSettings, fit_layer
+import recon
+from recon import apply_bases, data, zoo
+from recon.cli.finetune import main as finetune_main
+from recon.io.bases_file import read_bases
+from recon.nn import LowRankExpConv
+from recon.pipeline.finetune import finetune
 
 
 def bases_file(model, tmp_path):
-    approx = copy.deepcopy(model)
-    layer, _ = fit_layer(model, approx, "conv3", 8, FitSettings(mode="filter"), None, (7, 7))
-    return write_bases(tmp_path / "b.h5", BasesFile("fmnist-alexnet", model_sha256(model), {"conv3": layer}))
+    return recon.compress(model, layers="conv3", ranks=8, input_size=(1, 28, 28), model_name="fmnist-alexnet",
+                          progress=False).save(tmp_path / "b.h5")
 
 
 def test_only_factors_change_and_history_is_reported(model, tmp_path):
     low = apply_bases(copy.deepcopy(model), bases_file(model, tmp_path))
     before = {k: v.clone() for k, v in low.state_dict().items()}
-    history = finetune(low, 1, 1e-3, "factors", limit=512, test_limit=500, report=lambda line: None)
+    train = data.loader("train", batch_size=128, limit=512)
+    history = finetune(low, train, 1, 1e-3, "factors", data.loader("test", batch_size=500, limit=500),
+                       report=lambda line: None)
     assert len(history) == 2 and all(0 <= a <= 1 for a in history)
     after = low.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
@@ -27,12 +30,23 @@ def test_only_factors_change_and_history_is_reported(model, tmp_path):
     assert isinstance(low.conv3, LowRankExpConv)
 
 
-def test_cli_saves_state_dict_that_loads(model, tmp_path, capsys):
+def test_cli_saves_a_bases_file_that_loads(model, tmp_path, capsys):
     path = bases_file(model, tmp_path)
-    out = tmp_path / "ft.pt"
-    assert finetune_main(["--bases", str(path), "--epochs", "1", "--limit", "256", "--train", "all",
-                          "--out", str(out)]) == 0
-    fresh = apply_bases(zoo.load_model("fmnist-alexnet"), path)
-    fresh.load_state_dict(torch.load(out, weights_only=True))
+    out = tmp_path / "ft.h5"
+    assert finetune_main(["--bases", str(path), "--epochs", "1", "--limit", "256", "--out", str(out)]) == 0
     assert "saved" in capsys.readouterr().out
-    assert finetune_main(["--bases", str(path), "--epochs", "0"]) == 2
+    record = read_bases(out).layers["conv3"]
+    assert record.mode == "finetuned" and record.filter_energy_lost > 0
+    tuned = apply_bases(zoo.load_model("fmnist-alexnet"), out)
+    original = apply_bases(zoo.load_model("fmnist-alexnet"), path)
+    assert not torch.equal(tuned.conv3.vertical, original.conv3.vertical)
+
+
+def test_cli_refuses_an_unwritable_destination_before_training(model, tmp_path, capsys, monkeypatch):
+    path = bases_file(model, tmp_path)
+    monkeypatch.setattr("recon.cli.finetune.finetune", lambda *a, **k: (_ for _ in ()).throw(AssertionError("trained")))
+    assert finetune_main(["--bases", str(path), "--out", str(tmp_path / "missing" / "ft.h5")]) == 2
+    assert "folder" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:
+        finetune_main(["--bases", str(path), "--epochs", "0"])
+    assert stop.value.code == 2 and "--epochs: must be >= 1, got 0" in capsys.readouterr().err

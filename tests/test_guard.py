@@ -1,16 +1,15 @@
 """The never-slower guard keeps dense convs where the low-rank module is not faster."""
 import time
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
 
+import recon
 from recon import apply_bases
-from recon.guard import GuardDecision, guard_replacements, time_replacement
-from recon.modules import LowRankExpConv
-from recon.store import BasesFile, write_bases
-from tests.test_store import TwoConvs, layer_for
+from recon.bench.guard import GuardDecision, guard_replacements, time_replacement
+from recon.nn import LowRankExpConv
+from tests.fixture_models import tiny
 
 
 class Sleepy(nn.Module):
@@ -28,9 +27,9 @@ class Sleepy(nn.Module):
 def test_real_timing_rejects_a_slower_replacement_and_keeps_a_faster_one():
     conv = nn.Conv2d(4, 4, 3, padding=1)
     x = torch.randn(1, 4, 8, 8)
-    slow = Sleepy(LowRankExpConv.from_conv(conv, 2, 2), 0.1)
+    slow = Sleepy(recon.decompose(conv, 2), 0.1)
     assert not time_replacement(conv, slow, x, "slow", repeats=3).kept
-    fast = LowRankExpConv.from_conv(conv, 2, 2)
+    fast = recon.decompose(conv, 2)
     decision = time_replacement(Sleepy(conv, 0.1), fast, x, "fast", repeats=3)
     assert decision.kept and decision.speedup > 1.05
 
@@ -38,8 +37,8 @@ def test_real_timing_rejects_a_slower_replacement_and_keeps_a_faster_one():
 @pytest.mark.parametrize("dense_ms, low_ms, kept", [(1.0, 0.9, True), (1.0, 0.97, False), (1.0, 1.5, False)])
 def test_decision_threshold_is_five_percent(monkeypatch, dense_ms, low_ms, kept):
     conv = nn.Conv2d(3, 3, 3)
-    low = LowRankExpConv.from_conv(conv, 2, 2)
-    monkeypatch.setattr("recon.guard.median_latencies",
+    low = recon.decompose(conv, 2)
+    monkeypatch.setattr("recon.bench.guard.median_latencies",
                         lambda modules, inputs, repeats, channels_last: [(dense_ms if m is conv else low_ms) / 1e3 for m in modules])
     decision = time_replacement(conv, low, torch.zeros(1, 3, 5, 5), "c")
     assert decision == GuardDecision("c", pytest.approx(dense_ms), pytest.approx(low_ms), kept)
@@ -47,20 +46,18 @@ def test_decision_threshold_is_five_percent(monkeypatch, dense_ms, low_ms, kept)
 
 def test_decision_takes_the_least_favourable_round(monkeypatch):
     conv = nn.Conv2d(3, 3, 3)
-    low = LowRankExpConv.from_conv(conv, 2, 2)
+    low = recon.decompose(conv, 2)
     rounds = iter([[1.2e-3, 1e-3], [1.0e-3, 1e-3]])  # 1.2x, then parity
-    monkeypatch.setattr("recon.guard.median_latencies", lambda modules, inputs, repeats, channels_last: next(rounds))
+    monkeypatch.setattr("recon.bench.guard.median_latencies", lambda modules, inputs, repeats, channels_last: next(rounds))
     decision = time_replacement(conv, low, torch.zeros(1, 3, 5, 5), "c")
     assert not decision.kept and decision.speedup == pytest.approx(1.0)
 
 
 def test_apply_bases_with_example_input_keeps_only_faster_layers(tmp_path, monkeypatch):
-    model = TwoConvs()
-    rng = np.random.default_rng(0)
-    layers = {"conv_a": layer_for(model, "conv_a", 2, rng), "block.1": layer_for(model, "block.1", 2, rng)}
-    path = write_bases(tmp_path / "b.h5", BasesFile("two-convs", "abc", layers))
-    # conv_a's replacement is "faster", block.1's is "slower"
-    fake = {"conv_a": (2.0, 1.0), "block.1": (1.0, 2.0)}
+    model = tiny()
+    path = recon.compress(model, ranks=2, progress=False).save(tmp_path / "b.h5")
+    # features.0's replacement is "faster", features.4's is "slower"
+    fake = {"features.0": (2.0, 1.0), "features.4": (1.0, 2.0)}
     decisions = []
 
     def fake_guard(model, replacements, example, min_speedup, channels_last):
@@ -70,16 +67,16 @@ def test_apply_bases_with_example_input_keeps_only_faster_layers(tmp_path, monke
         return result
 
     monkeypatch.setattr("recon.surgery.guard_replacements", fake_guard)
-    block = model.block[1]
+    dense = model.features[4]
     apply_bases(model, path, example_input=torch.randn(1, 3, 11, 9))
-    assert isinstance(model.conv_a, LowRankExpConv)
-    assert model.block[1] is block
-    assert {d.layer for d in decisions} == {"conv_a", "block.1"}
+    assert isinstance(model.features[0], LowRankExpConv)
+    assert model.features[4] is dense
+    assert {d.layer for d in decisions} == {"features.0", "features.4"}
 
 
 def test_guard_replacements_times_on_real_input_shapes():
-    model = TwoConvs()
-    replacements = {"block.1": LowRankExpConv.from_conv(model.block[1], 2, 2)}
+    model = tiny()
+    replacements = {"features.4": recon.decompose(model.features[4], 2)}
     decisions = guard_replacements(model, replacements, torch.randn(2, 3, 11, 9), repeats=3)
-    assert [d.layer for d in decisions] == ["block.1"]
+    assert [d.layer for d in decisions] == ["features.4"]
     assert decisions[0].dense_ms > 0 and decisions[0].low_rank_ms > 0

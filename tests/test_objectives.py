@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 from torch import nn
 
-from recon.stats import gather_moments
+from recon import observe
 from solvers import scheme1, scheme2
 from solvers.objectives import data_objective, data_relative_error, filter_objective, refit_bias
 
@@ -34,7 +34,7 @@ def explicit_error(conv, w_hat, b_hat, inputs):
 def test_moment_loss_equals_loss_from_explicit_outputs(c, n, k, stride, padding, dilation):
     conv = nn.Conv2d(c, n, k, stride=stride, padding=padding, dilation=dilation).double()
     inputs = torch.randn(6, c, 12, 12, dtype=torch.float64).abs() + 0.3
-    moments = gather_moments(OneConv(conv), "conv", [inputs], progress=False)
+    moments = observe(OneConv(conv), [inputs], ["conv"], patches_per_image=None, progress=False)["conv"]
     weights = conv.weight.detach().numpy()
     bias = conv.bias.detach().numpy()
     rank = max(1, scheme2.max_rank(weights.shape) // 2)

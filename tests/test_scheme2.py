@@ -70,8 +70,8 @@ def test_statistics_of_wrong_size_are_refused():
     with pytest.raises(ValueError, match="field .mean. has shape \\(26,\\), expected \\(27,\\)"):
         data_objective(weights, Moments.symmetric(10, np.zeros(26), np.eye(26)))
     moments = _correlated_moments(27)
-    broken = moments._replace(second=np.full((27, 27), np.inf))
-    with pytest.raises(ValueError, match="'second' contains NaN"):
+    broken = moments._replace(second_hat=np.full((27, 27), np.inf))
+    with pytest.raises(ValueError, match="'second_hat' contains NaN"):
         data_objective(weights, broken)
 
 
@@ -88,7 +88,7 @@ def test_truncation_data_errors_match_explicit_truncations():
     weights = decaying_weights((7, 5, 3, 2), decay=0.8).astype(np.float64)
     bias = np.linspace(-1, 1, 7)
     moments = _correlated_moments(5 * 3 * 2, seed=3)
-    closed_form = scheme2.truncation_data_errors(weights, moments.covariances()[0])
+    closed_form = scheme2.truncation_data_errors(weights, moments.covariance())
     matrix = weights.transpose(1, 2, 0, 3).reshape(15, 14)
     u, s, vt = np.linalg.svd(matrix, full_matrices=False)
     for rank in range(1, len(s) + 1):

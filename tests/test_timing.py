@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from recon.timing import median_latencies
+from recon.bench.timing import median_latencies
 
 
 class Recorder(nn.Module):

@@ -1,7 +1,7 @@
 from torch import nn
 
 from recon import data, zoo
-from recon.evaluate import accuracy
+from recon.metrics import accuracy
 
 
 def test_bundled_model_architecture(model):

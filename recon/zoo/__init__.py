@@ -2,24 +2,42 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from recon.errors import ConfigError
 from recon.zoo.models import CONV_NAMES, FmnistAlexNet, fold_batchnorm
 
 ZOO_DIR = Path(__file__).resolve().parent
-BUNDLED = {"fmnist-alexnet": (FmnistAlexNet, ZOO_DIR / "fmnist_alexnet.pt")}
 
-__all__ = ["BUNDLED", "CONV_NAMES", "FmnistAlexNet", "fold_batchnorm", "load_model", "weights_path", "file_sha256"]
+
+@dataclass(frozen=True)
+class Bundled:
+    """A bundled model: how to build it, its shipped weights, one input sample's shape."""
+
+    factory: Callable[[], nn.Module]
+    weights: Path
+    input_size: tuple[int, ...]
+
+
+BUNDLED = {"fmnist-alexnet": Bundled(FmnistAlexNet, ZOO_DIR / "fmnist_alexnet.pt", (1, 28, 28))}
+
+__all__ = ["BUNDLED", "CONV_NAMES", "FmnistAlexNet", "file_sha256", "fold_batchnorm", "load_model", "weights_path"]
+
+
+def _bundled(name: str) -> Bundled:
+    if name not in BUNDLED:
+        raise ConfigError(f"unknown bundled model {name!r}; bundled: {', '.join(BUNDLED)}")
+    return BUNDLED[name]
 
 
 def weights_path(name: str) -> Path:
     """Path of the shipped weights of bundled model ``name``."""
-    if name not in BUNDLED:
-        raise KeyError(f"unknown bundled model {name!r}; bundled: {sorted(BUNDLED)}")
-    return BUNDLED[name][1]
+    return _bundled(name).weights
 
 
 def file_sha256(path: Path) -> str:
@@ -29,11 +47,9 @@ def file_sha256(path: Path) -> str:
 
 def load_model(name: str = "fmnist-alexnet") -> nn.Module:
     """The trained bundled model ``name`` in eval mode."""
-    factory, path = BUNDLED[name] if name in BUNDLED else (None, weights_path(name))
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"weights of {name!r} are missing at {path}; retrain with `python -m recon.zoo.train`"
-        )
-    model = factory()
-    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    bundled = _bundled(name)
+    if not bundled.weights.is_file():
+        raise ConfigError(f"weights of {name!r} are missing at {bundled.weights}; retrain with `python -m recon.zoo.train`")
+    model = bundled.factory()
+    model.load_state_dict(torch.load(bundled.weights, map_location="cpu", weights_only=True))
     return model.eval()

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from recon import data
-from recon.evaluate import accuracy
+from recon.metrics import accuracy
 from recon.zoo import ZOO_DIR, file_sha256
 from recon.zoo.models import FmnistAlexNet, fold_batchnorm
 

@@ -1,4 +1,4 @@
-"""The never-slower guard: keep a dense conv wherever its low-rank replacement is not
+"""The never-slower guard: keep a dense layer wherever its low-rank replacement is not
 measurably faster on the real input shape.
 
 Each candidate is timed against the dense layer it replaces, side by side, on that layer's
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from recon.timing import capture_layer_inputs, median_latencies
+from recon.bench.timing import capture_layer_inputs, median_latencies
 
 LOG = logging.getLogger("recon")
 MIN_SPEEDUP = 1.05

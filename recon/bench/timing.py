@@ -1,4 +1,4 @@
-"""Wall-clock timing of modules, and the inputs that layers see in a forward pass."""
+"""Wall-clock timing of modules side by side, and the inputs that layers see in a forward pass."""
 from __future__ import annotations
 
 import copy

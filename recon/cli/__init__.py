@@ -1,0 +1,1 @@
+"""The commands: thin shells over the Python API (only this package prints)."""

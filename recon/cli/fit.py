@@ -1,0 +1,234 @@
+"""Fit low-rank bases to a model's layers and save them as HDF5.
+
+    python -m recon.fit --layer conv2 --bases 48
+
+fits Scheme 2 with data reconstruction to conv2 of the bundled fmnist-alexnet on
+Fashion-MNIST training images and writes bases/fmnist-alexnet.h5 (existing layers of that
+file are kept). Every argument is checked before any work; the file is rewritten atomically
+after every layer, so an interrupted run keeps what was saved before it. A thin shell over
+``recon.compress``: every option is one of its arguments.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from recon import methods
+from recon.cli import common, sources
+from recon.errors import ConfigError
+from recon.io.bases_file import check_destination, update_bases
+from recon.io.hashing import model_sha256
+from recon.methods import SolverOptions
+from recon.metrics import accuracy
+from recon.pipeline.batches import Batches
+from recon.pipeline.compress import Compression, compress
+from recon.pipeline.policies import AccuracyBudget, Fixed, RankPolicy, TargetSpeedup
+from recon.record import LayerRecord
+from solvers.schedule import LambdaSchedule
+
+LOG = logging.getLogger("recon")
+SCHEDULE = LambdaSchedule()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m recon.fit", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    source = parser.add_argument_group("model and data")
+    source.add_argument("--model", default="fmnist-alexnet",
+                        help="bundled model name or package.module:factory returning an nn.Module")
+    source.add_argument("--weights", type=Path, help="state dict to load into a --model factory's model")
+    source.add_argument("--data", help="package.module:factory returning a re-iterable of input batches (tensors or "
+                        "(inputs, labels) pairs); the bundled model uses Fashion-MNIST training images")
+    source.add_argument("--samples", type=common.positive_int, default=4000, help="samples read for statistics")
+    source.add_argument("--input-size", type=common.input_size,
+                        help="one input sample as CxHxW (e.g. 3x32x32), for MACs and timing without --data")
+    source.add_argument("--device", type=common.device, help="run on this device (e.g. cuda); default: cpu")
+    what = parser.add_argument_group("what to replace")
+    what.add_argument("--layer", action="append", required=True,
+                      help="qualified layer name (repeatable), 'all' for every layer the method can replace, or a "
+                      "regular expression over layer names")
+    kind = what.add_mutually_exclusive_group()
+    kind.add_argument("--method", choices=tuple(methods.REGISTRY), default="scheme2",
+                      help="; ".join(f"{m.name}: {m.summary}" for m in methods.REGISTRY.values()))
+    kind.add_argument("--scheme", type=int, choices=(1, 2), help="same as --method scheme1 / scheme2")
+    ranks = what.add_mutually_exclusive_group(required=True)
+    ranks.add_argument("--bases", help="rank of every layer, or name=N pairs separated by commas "
+                       "(tucker2 also takes 'evbmf')")
+    ranks.add_argument("--target-speedup", type=common.positive_float,
+                       help="choose ranks so that the measured whole-model speedup (batch of --guard-batch) reaches "
+                       "this factor (the search aims 3%% above it, for timing noise); layers that don't pay stay dense")
+    ranks.add_argument("--accuracy-budget", type=common.positive_float,
+                       help="choose ranks per layer by bisection so that validation accuracy (last 5,000 training "
+                       "images) drops by at most this many points in total (bundled model)")
+    how = parser.add_argument_group("how to fit")
+    how.add_argument("--mode", choices=("filter", "data"),
+                     help="reconstruct the weights (filter) or the layer's responses (data); default: data when "
+                     "there is data and the method fits data, else filter")
+    how.add_argument("--asymmetric", action="store_true",
+                     help="data mode: fit each layer to inputs from the already approximated network")
+    how.add_argument("--patches-per-image", type=common.nonnegative_int, default=32,
+                     help="patch locations sampled per sample for statistics (0: all)")
+    how.add_argument("--seed", type=int, default=0, help="seed for patch sampling and CP")
+    how.add_argument("--lbfgs-iterations", type=common.positive_int, default=200,
+                     help="scheme2 data mode: L-BFGS iterations")
+    how.add_argument("--cp-iterations", type=common.positive_int, default=200, help="cp: ALS iterations")
+    schedule = parser.add_argument_group("scheme1 lambda schedule (relative units)")
+    schedule.add_argument("--lambda-min", type=common.positive_float, default=SCHEDULE.lambda_min)
+    schedule.add_argument("--lambda-max", type=common.positive_float, default=SCHEDULE.lambda_max)
+    schedule.add_argument("--lambda-growth", type=common.positive_float, default=SCHEDULE.growth)
+    schedule.add_argument("--stages", type=common.positive_int, default=SCHEDULE.max_stages)
+    schedule.add_argument("--steps-per-stage", type=common.positive_int, default=SCHEDULE.steps_per_stage)
+    schedule.add_argument("--rank-tol", type=common.positive_float, default=SCHEDULE.rank_tol,
+                          help="stop once every basis has sigma2/sigma1 below this")
+    timing = parser.add_argument_group("measured speed")
+    timing.add_argument("--guard", action="store_true",
+                        help="time each fitted layer against its dense layer (batch of --guard-batch) and keep the "
+                        "dense layer unless the low-rank one is at least --min-speedup times faster")
+    timing.add_argument("--guard-batch", type=common.positive_int, default=32,
+                        help="batch size the guard and --target-speedup time with")
+    timing.add_argument("--min-speedup", type=common.positive_float, default=1.05,
+                        help="the guard keeps a low-rank layer only when at least this much faster")
+    timing.add_argument("--channels-last", action="store_true",
+                        help="time in the channels_last memory format (on CPUs the faster layout for dense and "
+                        "low-rank models alike; time in the format your inference code uses)")
+    output = parser.add_argument_group("output")
+    output.add_argument("--out", type=Path, help="bases file (default: bases/<model>.h5; layers are added to it)")
+    output.add_argument("--eval", action="store_true", help="report test accuracy, dense vs low-rank (bundled model)")
+    return parser
+
+
+def parse_bases(text: str) -> Any:
+    """``48``, ``evbmf`` or ``conv2=48,conv3=64`` -> a rank, or ranks by layer name."""
+    if "=" not in text:
+        return _rank(text)
+    ranks: dict[str, Any] = {}
+    for item in text.split(","):
+        name, sep, value = item.partition("=")
+        name = name.strip()
+        if not sep or not name or not value.strip():
+            raise ConfigError(f"--bases must be a number or name=N pairs separated by commas, got {text!r}")
+        if name in ranks:
+            raise ConfigError(f"--bases names layer {name!r} twice")
+        ranks[name] = _rank(value.strip())
+    return ranks
+
+
+def _rank(text: str) -> Any:
+    try:
+        return int(text)
+    except ValueError:
+        if not text.isidentifier():
+            raise ConfigError(f"--bases must be a whole number, a word such as 'evbmf', or name=N pairs, got {text!r}") \
+                from None
+        return text
+
+
+def _method(args: argparse.Namespace) -> methods.Method:
+    return methods.get(f"scheme{args.scheme}" if args.scheme else args.method)
+
+
+def _data(args: argparse.Namespace, bundled: bool, mode: str):
+    """The data source the fit reads: --data, Fashion-MNIST for a bundled model in data mode
+    (filter mode needs none: the zoo knows the input size), else None."""
+    if args.data is not None:
+        return sources.data_factory(args.data)
+    if bundled and mode == "data":
+        return sources.fashion_mnist("train", args.samples)
+    if mode == "data":
+        raise ConfigError("--mode data needs --data package.module:factory for a user model")
+    return None
+
+
+def _example(data, input_size: tuple[int, ...] | None, batch: int, device: torch.device,
+             dtype: torch.dtype) -> torch.Tensor:
+    """The timing batch: ``batch`` copies of the first sample of the data, or zeros of ``input_size``."""
+    if data is not None:
+        first = Batches(data, 1, device, dtype).first()
+    elif input_size is not None:
+        first = torch.zeros(1, *input_size, device=device, dtype=dtype)
+    else:
+        raise ConfigError("--guard and --target-speedup time layers on their real input shapes: give --data or "
+                          "--input-size")
+    return first[:1].expand(batch, *first.shape[1:]).contiguous()
+
+
+def _policy(args: argparse.Namespace, data, input_size, model: torch.nn.Module) -> RankPolicy:
+    parameter = next(model.parameters())
+    if args.target_speedup is not None:
+        example = _example(data, input_size, args.guard_batch, parameter.device, parameter.dtype)
+        return TargetSpeedup(args.target_speedup, example, channels_last=args.channels_last)
+    if args.accuracy_budget is not None:
+        validation = sources.fashion_mnist("validation", None, batch_size=500)()
+        return AccuracyBudget(args.accuracy_budget, lambda candidate: accuracy(candidate, validation))
+    return Fixed(parse_bases(args.bases))
+
+
+def warn_if_slower(record: LayerRecord) -> None:
+    """Tell the user when the chosen rank costs more multiply-adds than the dense layer."""
+    if not record.theoretical_speedup < 1:
+        return
+    method = methods.get(record.method)
+    even = method.rank_for_speedup(record.geometry, record.input_shape)
+    hint = f"{record.method} breaks even near rank {even}" if even else f"{record.method} never saves MACs here"
+    LOG.warning("warning: %s at rank %s costs %.2fx the dense multiply-adds, so it will be slower; %s",
+                record.name, record.rank, 1 / record.theoretical_speedup, hint)
+
+
+def _report(args: argparse.Namespace, model: torch.nn.Module, result: Compression) -> None:
+    print(result.table())
+    if result.outcome is not None:
+        print(f"whole model: {result.outcome.description}")
+    if args.eval:
+        test = sources.fashion_mnist("test", None, batch_size=500)()
+        dense, low = accuracy(model, test, progress=True), accuracy(result.model, test, progress=True)
+        print(f"test accuracy: dense {100 * dense:.2f}%  low-rank {100 * low:.2f}%  ({100 * (low - dense):+.2f} points)")
+
+
+def fit(args: argparse.Namespace) -> int:
+    model = sources.load_model(args.model, args.weights).to(args.device or "cpu")
+    bundled = sources.is_bundled(args.model)
+    if (args.eval or args.accuracy_budget is not None) and not bundled:
+        raise ConfigError("--eval and --accuracy-budget measure Fashion-MNIST accuracy: bundled models only")
+    method = _method(args)
+    mode = args.mode or ("data" if (args.data is not None or bundled) and method.fits_data else "filter")
+    input_size = args.input_size or sources.input_size(args.model)
+    data = _data(args, bundled, mode)
+    out = args.out or Path("bases") / f"{Path(args.model.replace(':', '.')).name}.h5"
+    if args.out is None:
+        out.parent.mkdir(exist_ok=True)
+    model_hash = model_sha256(model)
+    check_destination(out, args.model, model_hash)
+    policy = _policy(args, data, input_size, model)
+
+    def save(record: LayerRecord) -> None:
+        update_bases(out, args.model, model_hash, [record])
+        LOG.info("%s: saved to %s", record.name, out)
+        warn_if_slower(record)
+
+    schedule = LambdaSchedule(args.lambda_min, args.lambda_max, args.lambda_growth, args.stages, args.steps_per_stage,
+                              args.rank_tol)
+    LOG.info("fitting %s of %s: %s, %s reconstruction%s", ", ".join(args.layer), args.model, method.name, mode,
+             " (asymmetric)" if args.asymmetric else "")
+    result = compress(
+        model, data, layers=args.layer, method=method.name, ranks=policy, mode=mode, asymmetric=args.asymmetric,
+        guard=args.guard, channels_last=args.channels_last, input_size=input_size, samples=args.samples,
+        patches_per_image=args.patches_per_image or None,
+        solver=SolverOptions(args.lbfgs_iterations, schedule, args.cp_iterations, args.seed),
+        min_speedup=args.min_speedup, timing_batch=args.guard_batch, model_name=args.model, on_layer=save)
+    _report(args, model, result)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return common.run(lambda: fit(args),
+                      interrupted="interrupted: layers saved so far are in the bases file; it was not damaged")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

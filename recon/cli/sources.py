@@ -1,0 +1,90 @@
+"""Where the commands get models and data: the bundled zoo or ``package.module:factory`` specs."""
+from __future__ import annotations
+
+import importlib
+import pickle
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from recon import data, zoo
+from recon.errors import ConfigError
+
+
+def _import_factory(spec: str) -> Callable:
+    module_name, sep, attribute = spec.partition(":")
+    if not sep or not module_name or not attribute:
+        raise ConfigError(f"{spec!r} is neither a bundled model ({', '.join(zoo.BUNDLED)}) nor of the form "
+                          "package.module:factory")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as err:  # any import failure is reported the same way, with its cause
+        raise ConfigError(f"cannot import {module_name!r} for {spec!r}: {err}") from err
+    if not hasattr(module, attribute):
+        raise ConfigError(f"module {module_name!r} has no attribute {attribute!r} (from {spec!r})")
+    factory = getattr(module, attribute)
+    if not callable(factory):
+        raise ConfigError(f"{spec} is a {type(factory).__name__}, not a function to call")
+    return factory
+
+
+def _state_dict(weights: Path) -> dict:
+    """The state dict saved in ``weights``, or a ConfigError saying what the file is instead."""
+    if weights.is_dir():
+        raise ConfigError(f"--weights {weights} is a directory; give the file saved by torch.save(model.state_dict())")
+    if not weights.is_file():
+        raise ConfigError(f"--weights file {weights} does not exist")
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:
+        raise ConfigError(f"--weights {weights} is not a torch state dict file ({type(err).__name__}: "
+                          f"{str(err).splitlines()[0] if str(err) else ''})") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ConfigError(f"--weights {weights} holds a {type(state).__name__}, not a state dict (name -> tensor)")
+    return state
+
+
+def is_bundled(spec: str) -> bool:
+    return spec in zoo.BUNDLED
+
+
+def load_model(spec: str, weights: Path | None = None) -> nn.Module:
+    """A bundled model by name, or ``factory()`` from ``package.module:factory`` with ``weights``
+    (a state dict file) loaded; always in eval mode."""
+    if is_bundled(spec):
+        if weights is not None:
+            raise ConfigError("--weights is for --model package.module:factory; bundled models carry their own")
+        return zoo.load_model(spec)
+    factory = _import_factory(spec)
+    try:
+        model = factory()
+    except Exception as err:  # a user factory can fail in any way; report it with its cause
+        raise ConfigError(f"model factory {spec} failed: {type(err).__name__}: {err}") from err
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"{spec} returned a {type(model).__name__}, not a torch.nn.Module")
+    if weights is not None:
+        try:
+            model.load_state_dict(_state_dict(weights))
+        except RuntimeError as err:
+            raise ConfigError(f"weights {weights} do not match the model from {spec}: {err}") from err
+    return model.eval()
+
+
+def data_factory(spec: str) -> Callable:
+    """The ``package.module:factory`` whose call returns an iterable of input batches."""
+    return _import_factory(spec)
+
+
+def fashion_mnist(split: str, samples: int | None, batch_size: int = 250) -> Callable:
+    """A factory of Fashion-MNIST loaders (``split`` in train, validation, test), first ``samples`` images."""
+    if split == "train" and samples is not None and samples > data.fit_split_size():
+        raise ConfigError(f"--samples must be <= {data.fit_split_size()}: the last {data.VALIDATION_SIZE} training "
+                          "images are the validation split")
+    return lambda: data.loader(split, batch_size=batch_size, limit=samples)
+
+
+def input_size(spec: str) -> tuple[int, ...] | None:
+    """One input sample's shape for a bundled model (None for user models)."""
+    return zoo.BUNDLED[spec].input_size if is_bundled(spec) else None

@@ -1,0 +1,354 @@
+"""Bases files: HDF5, schema v2 (docs/guide.md and DESIGN.md); schema v1 files stay readable.
+
+```
+/  attrs: format="recon.bases", version=2, created, recon_version, model, model_sha256
+/layers/<qualified.layer.name>/
+   attrs: method, rank, mode, bias (bool), kind ("conv" | "linear") and the geometry,
+          filter_energy_lost, output_variance_lost, fit_seconds, weight_sha256, bias_sha256,
+          config (JSON of the fit settings), and when known input_shape, dense_macs, macs,
+          guard_dense_ms, guard_low_rank_ms
+   datasets: the module's state_dict, by name; history/ (per-stage solver diagnostics)
+```
+
+One reader validates everything: format, version, every attribute it converts (naming the
+layer and the attribute at fault), and the tensors, by building the module through the
+method registry and comparing names and shapes with its state_dict before loading it.
+Writes are atomic and locked (``recon.io.atomic``).
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import torch
+
+from recon import methods
+from recon.bench.guard import GuardDecision
+from recon.errors import BasesFileError
+from recon.io.atomic import exclusive, replace_atomically, resolve
+from recon.nn import ConvGeometry, Geometry, LinearGeometry, LowRankModule
+from recon.record import LayerRecord
+from recon.version import __version__
+
+FORMAT = "recon.bases"
+VERSION = 2
+MODES = ("filter", "data", "finetuned")
+
+
+@dataclass
+class BasesFile:
+    """A whole bases file: which model it belongs to and its layers by qualified name."""
+
+    model: str
+    model_sha256: str
+    layers: dict[str, LayerRecord]
+    created: str = ""
+    recon_version: str = __version__
+    version: int = VERSION
+
+
+class _Reader:
+    """Attribute access that names the file, layer and attribute of every failure."""
+
+    def __init__(self, node: h5py.HLObject, where: str) -> None:
+        self.node, self.where = node, where
+
+    def fail(self, message: str) -> BasesFileError:
+        return BasesFileError(f"{self.where}: {message}")
+
+    def has(self, key: str) -> bool:
+        return key in self.node.attrs
+
+    def get(self, key: str, convert: Callable[[Any], Any] = lambda value: value):
+        if key not in self.node.attrs:
+            raise self.fail(f"attribute {key!r} is missing")
+        value = self.node.attrs[key]
+        value = value.decode() if isinstance(value, bytes) else value
+        try:
+            return convert(value)
+        except (TypeError, ValueError) as err:
+            raise self.fail(f"attribute {key!r} is malformed ({value!r}: {err})") from None
+
+    def optional(self, key: str, convert: Callable[[Any], Any], default: Any = None):
+        return self.get(key, convert) if self.has(key) else default
+
+
+def _pair(value: Any) -> tuple[int, int]:
+    pair = tuple(int(v) for v in np.atleast_1d(value))
+    if len(pair) != 2:
+        raise ValueError(f"expected 2 values, got {len(pair)}")
+    return pair  # type: ignore[return-value]
+
+
+def _padding(value: Any) -> tuple[int, int] | str:
+    if isinstance(value, str):
+        if value not in ("same", "valid"):
+            raise ValueError("expected a pair, 'same' or 'valid'")
+        return value
+    return _pair(value)
+
+
+def _rank(value: Any) -> int | tuple[int, ...]:
+    values = tuple(int(v) for v in np.atleast_1d(value))
+    if not values or min(values) < 1:
+        raise ValueError("ranks are positive integers")
+    return values[0] if np.ndim(value) == 0 else values
+
+
+def _shape(value: Any) -> tuple[int, ...]:
+    return tuple(int(v) for v in np.atleast_1d(value))
+
+
+def _geometry_attrs(geometry: Geometry) -> dict[str, Any]:
+    if isinstance(geometry, LinearGeometry):
+        return {"kind": "linear", "in_features": geometry.in_features, "out_features": geometry.out_features}
+    padding = geometry.padding if isinstance(geometry.padding, str) else np.array(geometry.padding)
+    return {"kind": "conv", "in_channels": geometry.in_channels, "out_channels": geometry.out_channels,
+            "kernel_size": np.array(geometry.kernel_size), "stride": np.array(geometry.stride),
+            "padding": padding, "dilation": np.array(geometry.dilation), "groups": geometry.groups}
+
+
+def _read_geometry(attrs: _Reader, kind: str) -> Geometry:
+    if kind == "linear":
+        return LinearGeometry(attrs.get("in_features", int), attrs.get("out_features", int))
+    if kind != "conv":
+        raise attrs.fail(f"attribute 'kind' must be 'conv' or 'linear', got {kind!r}")
+    return ConvGeometry(attrs.get("in_channels", int), attrs.get("out_channels", int), attrs.get("kernel_size", _pair),
+                        attrs.get("stride", _pair), attrs.get("padding", _padding), attrs.get("dilation", _pair),
+                        attrs.get("groups", int))
+
+
+def _write_layer(group: h5py.Group, record: LayerRecord) -> None:
+    attrs: dict[str, Any] = {
+        "method": record.method, "rank": np.array(record.rank), "mode": record.mode,
+        "bias": record.module.bias is not None, **_geometry_attrs(record.geometry),
+        "filter_energy_lost": record.filter_energy_lost, "output_variance_lost": record.output_variance_lost,
+        "fit_seconds": record.fit_seconds, "weight_sha256": record.weight_sha256,
+        "bias_sha256": record.bias_sha256 or "", "config": json.dumps(record.config)}
+    if record.input_shape is not None:
+        attrs["input_shape"] = np.array(record.input_shape)
+    if record.dense_macs is not None and record.macs is not None:
+        attrs.update(dense_macs=record.dense_macs, macs=record.macs)
+    if record.guard is not None:
+        attrs.update(guard_dense_ms=record.guard.dense_ms, guard_low_rank_ms=record.guard.low_rank_ms)
+    group.attrs.update(attrs)
+    for name, tensor in record.module.state_dict().items():
+        group.create_dataset(name, data=tensor.detach().cpu().float().numpy())
+    history = group.create_group("history")
+    for key, values in record.history.items():
+        history.create_dataset(key, data=np.asarray(values))
+
+
+def _check_tensors(tensors: dict[str, np.ndarray], module: LowRankModule, at: str) -> None:
+    """Compare ``tensors`` with ``module``'s state_dict names and shapes; check they are finite."""
+    expected = {name: tuple(value.shape) for name, value in module.state_dict().items()}
+    for name, shape in expected.items():
+        if name not in tensors:
+            raise BasesFileError(f"{at}: field {name!r} is missing")
+        array = tensors[name]
+        if array.shape != shape:
+            raise BasesFileError(f"{at}: field {name!r} has shape {array.shape}, expected {shape}")
+        if array.dtype.kind != "f":
+            raise BasesFileError(f"{at}: field {name!r} has dtype {array.dtype}, expected floating point")
+        if not np.all(np.isfinite(array)):
+            raise BasesFileError(f"{at}: field {name!r} contains NaN or infinite values")
+    unexpected = sorted(set(tensors) - set(expected))
+    if unexpected:
+        raise BasesFileError(f"{at}: unexpected field {unexpected[0]!r} (a {type(module).__name__} holds "
+                             f"{', '.join(expected)})")
+
+
+def _module(method: methods.Method, geometry: Geometry, rank: Any, tensors: dict[str, np.ndarray],
+            at: str) -> LowRankModule:
+    """The module of ``method`` filled with ``tensors`` (validated first)."""
+    try:
+        module = method.module_class(geometry, rank, bias="bias" in tensors)
+    except (TypeError, ValueError) as err:
+        raise BasesFileError(f"{at}: rank {rank!r} or geometry does not fit method {method.name!r} ({err})") from None
+    _check_tensors(tensors, module, at)
+    module.load_state_dict({name: torch.from_numpy(np.asarray(a, np.float32)) for name, a in tensors.items()},
+                           strict=True)
+    if not torch.all(torch.isfinite(module.dense_weight())):
+        raise BasesFileError(f"{at}: the factors overflow float32 (the weight they compose is not finite)")
+    return module.eval()
+
+
+def _datasets(group: h5py.Group) -> dict[str, np.ndarray]:
+    return {key: np.asarray(value) for key, value in group.items() if isinstance(value, h5py.Dataset)}
+
+
+def _read_layer_v2(name: str, group: h5py.Group, at: str) -> LayerRecord:
+    attrs = _Reader(group, at)
+    method = _method(attrs, attrs.get("method", str))
+    geometry = _read_geometry(attrs, attrs.get("kind", str))
+    rank = attrs.get("rank", _rank)
+    tensors = _datasets(group)
+    if attrs.get("bias", bool) != ("bias" in tensors):
+        raise attrs.fail("field 'bias' is missing" if "bias" not in tensors else "unexpected field 'bias'")
+    guard = None
+    if attrs.has("guard_dense_ms"):
+        guard = GuardDecision(name, attrs.get("guard_dense_ms", float), attrs.get("guard_low_rank_ms", float), True)
+    return LayerRecord(
+        name=name, method=method.name, rank=rank, mode=_mode(attrs), geometry=geometry,
+        module=_module(method, geometry, rank, tensors, at), weight_sha256=attrs.get("weight_sha256", str),
+        bias_sha256=attrs.get("bias_sha256", str) or None,
+        filter_energy_lost=attrs.get("filter_energy_lost", float),
+        output_variance_lost=attrs.get("output_variance_lost", float),
+        input_shape=attrs.optional("input_shape", _shape), dense_macs=attrs.optional("dense_macs", int),
+        macs=attrs.optional("macs", int), fit_seconds=attrs.get("fit_seconds", float), guard=guard,
+        config=attrs.get("config", json.loads), history=_datasets(group["history"]) if "history" in group else {})
+
+
+def _method(attrs: _Reader, name: str) -> methods.Method:
+    if name not in methods.REGISTRY:
+        raise attrs.fail(f"attribute 'method' must be one of {', '.join(methods.REGISTRY)}, got {name!r}")
+    return methods.REGISTRY[name]
+
+
+def _mode(attrs: _Reader) -> str:
+    mode = attrs.get("mode", str)
+    if mode not in MODES:
+        raise attrs.fail(f"attribute 'mode' must be one of {', '.join(MODES)}, got {mode!r}")
+    return mode
+
+
+def _read_layer_v1(name: str, group: h5py.Group, at: str) -> LayerRecord:
+    """A schema v1 layer: Scheme 1/2 factors in solver layout, or a peer's factor matrices."""
+    attrs = _Reader(group, at)
+    if attrs.has("method"):
+        method = _method(attrs, attrs.get("method", str))
+        mode, data_error = "filter", float("nan")
+    else:
+        method = _method(attrs, f"scheme{attrs.get('scheme', int)}")
+        mode, data_error = _mode(attrs), attrs.get("data_rel_error", float)
+    datasets = _datasets(group)
+    bias = datasets.pop("bias", None)
+    try:
+        factors, rank = method.v1_factors(datasets)
+    except (KeyError, IndexError) as err:
+        raise attrs.fail(f"field {err.args[0]!r} is missing") from None
+    if attrs.has("num_bases") and attrs.get("num_bases", int) != rank:
+        raise attrs.fail(f"attribute 'num_bases' says {attrs.get('num_bases', int)} but the factors hold {rank}")
+    kind = "linear" if attrs.has("in_features") else "conv"
+    geometry = _read_geometry(attrs, kind)
+    if kind == "conv" and geometry.groups != 1:
+        raise attrs.fail("groups must be 1 in schema v1")
+    module = _module(method, geometry, rank, _v1_tensors(method, geometry, rank, factors, bias, at), at)
+    return LayerRecord(name=name, method=method.name, rank=rank, mode=mode, geometry=geometry, module=module,
+                       weight_sha256=attrs.get("weight_sha256", str), bias_sha256=None,
+                       filter_energy_lost=attrs.get("filter_rel_error", float), output_variance_lost=data_error,
+                       history=_datasets(group["history"]) if "history" in group else {})
+
+
+def _v1_tensors(method: methods.Method, geometry: Geometry, rank: Any, factors: dict[str, np.ndarray],
+                bias: np.ndarray | None, at: str) -> dict[str, np.ndarray]:
+    """v1 factors reshaped into the module's state_dict layout (sizes checked first)."""
+    shapes = method.module_class.factor_shapes(geometry, rank)
+    tensors = {}
+    for key, shape in shapes.items():
+        if key not in factors:
+            raise BasesFileError(f"{at}: field {key!r} is missing")
+        if factors[key].size != int(np.prod(shape)):
+            raise BasesFileError(f"{at}: field {key!r} holds {factors[key].size} values, expected {int(np.prod(shape))}")
+        tensors[key] = factors[key].reshape(shape)
+    if bias is not None:
+        tensors["bias"] = bias
+    return tensors
+
+
+def read_bases(path: str | os.PathLike) -> BasesFile:
+    """Read and validate a bases file (schema v1 or v2); BasesFileError says what and where."""
+    path = Path(path)
+    if path.is_dir():
+        raise BasesFileError(f"{path} is a directory, not a bases file")
+    if not path.is_file():
+        raise BasesFileError(f"bases file {path} does not exist")
+    try:
+        handle = h5py.File(path, "r")
+    except OSError as err:
+        raise BasesFileError(f"{path} is not a readable HDF5 file ({err})") from err
+    with handle as source:
+        root = _Reader(source, str(path))
+        fmt = root.optional("format", str)
+        if fmt != FORMAT:
+            raise BasesFileError(f"{path} is not a recon bases file (format={fmt!r}, expected {FORMAT!r})")
+        version = root.get("version", int)
+        if version not in (1, VERSION):
+            raise BasesFileError(f"{path} has schema version {version}; this recon reads versions 1 and {VERSION}")
+        if "layers" not in source:
+            raise BasesFileError(f"{path}: group '/layers' is missing")
+        read_layer = _read_layer_v2 if version == VERSION else _read_layer_v1
+        layers = {name: read_layer(name, group, f"{path}: layer {name!r}") for name, group in source["layers"].items()}
+        return BasesFile(model=root.get("model", str), model_sha256=root.get("model_sha256", str), layers=layers,
+                         created=root.get("created", str), recon_version=root.get("recon_version", str),
+                         version=version)
+
+
+def write_bases(path: str | os.PathLike, bases: BasesFile) -> Path:
+    """Write ``bases`` to ``path`` as schema v2, atomically (see ``recon.io.atomic``)."""
+    check_folder(path)
+
+    def write(temporary: Path) -> None:
+        with h5py.File(temporary, "w") as out:
+            out.attrs.update({"format": FORMAT, "version": VERSION, "recon_version": __version__,
+                              "created": bases.created or _dt.datetime.now(_dt.timezone.utc).isoformat(),
+                              "model": bases.model, "model_sha256": bases.model_sha256})
+            layers = out.create_group("layers")
+            for name, record in bases.layers.items():
+                _write_layer(layers.create_group(name), record)
+
+    return replace_atomically(path, write)
+
+
+def check_folder(path: str | os.PathLike) -> Path:
+    """The resolved ``path`` after checking that a file can be written there."""
+    target = resolve(path)
+    if target.is_dir():
+        raise BasesFileError(f"cannot write {path}: it is a directory; give a file name such as {Path(path) / 'bases.h5'}")
+    if not target.parent.is_dir():
+        raise BasesFileError(f"cannot write {path}: folder {target.parent} does not exist")
+    if not os.access(target.parent, os.W_OK) or (target.exists() and not os.access(target, os.W_OK)):
+        raise BasesFileError(f"cannot write {path}: permission denied")
+    return target
+
+
+def check_destination(path: str | os.PathLike, model: str, model_hash: str) -> None:
+    """Refuse, before any work, a destination that cannot be written or that holds another
+    model's bases (layers are added to a file of the same model)."""
+    target = check_folder(path)
+    if target.exists():
+        _check_same_model(target, read_bases(target), model, model_hash)
+
+
+def _check_same_model(path: Path, existing: BasesFile, model: str, model_hash: str) -> None:
+    if existing.model_sha256 != model_hash:
+        raise BasesFileError(
+            f"{path} holds bases for another model ({existing.model}, sha256 {existing.model_sha256[:12]}...); "
+            f"refusing to add layers of {model} (sha256 {model_hash[:12]}...). Choose another output file.")
+
+
+def update_bases(path: str | os.PathLike, model: str, model_hash: str, records: list[LayerRecord]) -> BasesFile:
+    """Add or replace ``records`` in the file at ``path`` (created if absent), atomically.
+
+    Layers already in the file and not in ``records`` are kept; the read, merge and write
+    happen under the file's lock, so concurrent updates do not lose each other's layers. A
+    file fitted to another model (different ``model_sha256``) is refused rather than mixed.
+    """
+    check_folder(path)
+    with exclusive(path) as target:
+        merged: dict[str, LayerRecord] = {}
+        if target.exists():
+            existing = read_bases(target)
+            _check_same_model(target, existing, model, model_hash)
+            merged.update(existing.layers)
+        merged.update({record.name: record for record in records})
+        bases = BasesFile(model=model, model_sha256=model_hash, layers=merged)
+        write_bases(target, bases)
+    return bases

@@ -1,0 +1,156 @@
+"""The method protocol: everything the pipeline, the store, the guard and the rank policies
+need to know about one decomposition, so that none of them branches on a method's name.
+
+A method says which layers it can replace and why not (``eligible``), which ranks make sense
+(``max_rank``, ``check_rank``), what a rank costs without building anything (``macs``), how
+to fit factors to a layer's weights (``fit``; to its input statistics too when
+``fits_data``), how good each rank would be before fitting when there is a closed form
+(``rank_errors``), and which module holds the result (``module_class``).
+"""
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar, NamedTuple
+
+import numpy as np
+from torch import nn
+
+from recon.errors import ConfigError
+from recon.nn import Geometry, LowRankModule, geometry_of
+from recon.nn.base import Rank
+from solvers.objectives import Moments
+from solvers.schedule import LambdaSchedule
+
+
+@dataclasses.dataclass(frozen=True)
+class SolverOptions:
+    """Settings of the iterative solvers (the defaults fit the bundled model's layers)."""
+
+    lbfgs_iterations: int = 200
+    schedule: LambdaSchedule = LambdaSchedule()
+    cp_iterations: int = 200
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("lbfgs_iterations", "cp_iterations"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        try:
+            self.schedule.validate()
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"lbfgs_iterations": self.lbfgs_iterations, "schedule": self.schedule._asdict(),
+                "cp_iterations": self.cp_iterations, "seed": self.seed}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "SolverOptions":
+        return cls(values["lbfgs_iterations"], LambdaSchedule(**values["schedule"]), values["cp_iterations"],
+                   values["seed"])
+
+
+class Fitted(NamedTuple):
+    """Factors in the module's layout (``module_class.factor_shapes`` names), their rank and
+    the solver's per-stage history (empty for closed forms)."""
+
+    factors: dict[str, np.ndarray]
+    rank: Rank
+    history: dict[str, np.ndarray]
+
+
+def overridden_forward(layer: nn.Module, base: type[nn.Module]) -> str | None:
+    """Why a subclass of ``base`` cannot be replaced as if it were ``base``, or None."""
+    kind = type(layer)
+    changed = [name for name in ("forward", "_conv_forward") if hasattr(base, name)
+               and getattr(kind, name) is not getattr(base, name)]
+    if kind is base or not changed:
+        return None
+    return (f"its class {kind.__name__} overrides {changed[0]}() of nn.{base.__name__}, so what it computes "
+            "is not a plain convolution of its weight")
+
+
+class Method(ABC):
+    """One decomposition. Subclasses set the class attributes and implement the abstract methods."""
+
+    name: ClassVar[str]
+    summary: ClassVar[str]
+    module_class: ClassVar[type[LowRankModule]]
+    fits_data: ClassVar[bool] = False
+    v1_rank_key: ClassVar[str] = "vertical"
+
+    @abstractmethod
+    def eligible(self, layer: nn.Module) -> str | None:
+        """None when this method can replace ``layer``, else the reason it cannot."""
+
+    @abstractmethod
+    def max_rank(self, geometry: Geometry) -> int:
+        """The largest rank worth fitting (full reconstruction, or the dense cost)."""
+
+    def check_rank(self, geometry: Geometry, rank: Any) -> None:
+        """Raise ConfigError unless ``rank`` is an int in 1..max_rank."""
+        top = self.max_rank(geometry)
+        if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) or not 1 <= rank <= top:
+            raise ConfigError(f"{self.name} needs a rank in 1..{top} for this layer ({self.rank_hint(geometry)}), "
+                              f"got {rank!r}")
+
+    def rank_hint(self, geometry: Geometry) -> str:
+        """Where the largest rank comes from, for error messages."""
+        return f"max {self.max_rank(geometry)}"
+
+    def macs(self, geometry: Geometry, rank: Rank, input_shape: tuple[int, ...]) -> int:
+        """Multiply-accumulates per sample of the module at ``rank`` (no module is built)."""
+        return self.module_class.count_macs(geometry, rank, input_shape)
+
+    def rank_for_speedup(self, geometry: Geometry, input_shape: tuple[int, ...], factor: float = 1.0) -> int:
+        """The largest rank whose MACs are at most the dense layer's divided by ``factor`` (0: none);
+        ``factor`` 1 gives the break-even rank."""
+        dense = geometry.dense_macs(input_shape)
+        ranks = [r for r in range(1, self.max_rank(geometry) + 1) if self.macs(geometry, r, input_shape) * factor <= dense]
+        return ranks[-1] if ranks else 0
+
+    @abstractmethod
+    def fit(self, weights: np.ndarray, rank: Any, moments: Moments | None, options: SolverOptions) -> Fitted:
+        """Factors for ``weights`` (float64, the layer's weight shape) at ``rank``.
+
+        ``moments`` (input statistics) select data reconstruction; None, filter reconstruction.
+        """
+
+    def rank_errors(self, weights: np.ndarray, covariance: np.ndarray | None) -> np.ndarray | None:
+        """Predicted relative error of every rank 1..max_rank before fitting (entry r-1 for
+        rank r): of the layer's outputs for the centred input ``covariance``, of its weights
+        when None. None when the method has no cheap estimate."""
+        return None
+
+    def v1_factors(self, datasets: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], Rank]:
+        """Factors (module names, any shape of the right size) and rank of a schema v1 layer,
+        whose datasets were named like the module's factors, rank leading in ``v1_rank_key``."""
+        return dict(datasets), int(datasets[self.v1_rank_key].shape[0])
+
+    def build(self, geometry: Geometry, fitted: Fitted, bias: np.ndarray | None) -> LowRankModule:
+        """The module holding ``fitted`` factors and ``bias`` (float32, on the CPU)."""
+        return self.module_class.from_factors(geometry, fitted.factors, bias, rank=fitted.rank)
+
+    def geometry(self, layer: nn.Module) -> Geometry:
+        return geometry_of(layer)
+
+    def __repr__(self) -> str:
+        return f"<method {self.name}>"
+
+
+def conv_refusal(layer: nn.Module) -> str | None:
+    """Why ``layer`` is not a plain, ungrouped, zero-padded ``nn.Conv2d`` with a kernel to
+    separate, or None when it is."""
+    if not isinstance(layer, nn.Conv2d):
+        return f"it is a {type(layer).__name__} layer, not an nn.Conv2d"
+    overridden = overridden_forward(layer, nn.Conv2d)
+    if overridden:
+        return overridden
+    if layer.padding_mode != "zeros":
+        return f"padding_mode={layer.padding_mode!r} (only 'zeros' is reproduced)"
+    if layer.groups != 1:
+        return f"it is a grouped convolution (groups={layer.groups}); its groups would be mixed"
+    if tuple(layer.kernel_size) == (1, 1):
+        return "it has a 1x1 kernel: nothing to separate"
+    return None

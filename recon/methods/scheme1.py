@@ -1,0 +1,47 @@
+"""Scheme 1 of Jaderberg et al. (2014): every filter slice is a combination of M shared
+separable bases, fitted by proximal gradient with a nuclear-norm lambda schedule
+(``solvers.scheme1``), to the weights or to the layer's outputs."""
+from __future__ import annotations
+
+import numpy as np
+from torch import nn
+
+from recon.methods.base import Fitted, Method, SolverOptions, conv_refusal
+from recon.nn import ConvGeometry, Scheme1Conv
+from solvers import scheme1
+from solvers.objectives import Moments, data_objective, filter_objective
+
+
+class Scheme1(Method):
+    name = "scheme1"
+    summary = "Jaderberg Scheme 1: M shared separable bases and a 1x1 mix; filter or data mode"
+    module_class = Scheme1Conv
+    fits_data = True
+
+    def eligible(self, layer: nn.Module) -> str | None:
+        return conv_refusal(layer)
+
+    def max_rank(self, geometry: ConvGeometry) -> int:
+        return scheme1.max_bases(geometry.weight_shape)
+
+    def rank_hint(self, geometry: ConvGeometry) -> str:
+        return f"M <= kh*kw = {self.max_rank(geometry)}: more bases than kernel entries cannot help"
+
+    def fit(self, weights: np.ndarray, rank: int, moments: Moments | None, options: SolverOptions) -> Fitted:
+        quad = filter_objective(weights) if moments is None else data_objective(weights, moments)
+        result = scheme1.fit(weights.astype(np.float32), quad, rank, options.schedule)
+        history = {"lambda": np.array([s.lam[0] for s in result.stages]),
+                   "objective": np.array([s.objective[0] for s in result.stages]),
+                   "rank_ratio": np.array([s.max_rank_ratio[0] for s in result.stages])}
+        factors = {"vertical": result.vertical[0], "horizontal": result.horizontal[0], "coeffs": result.coeffs[0]}
+        return Fitted(factors, rank, history)
+
+    def rank_errors(self, weights: np.ndarray, covariance: np.ndarray | None) -> np.ndarray:
+        """The weight error of the best M unconstrained (not yet separable) bases, Eckart-Young
+        on W reshaped to (N*C) x (kh*kw): a lower bound used as the estimate in either mode."""
+        n, c, kh, kw = weights.shape
+        energy = np.linalg.svd(weights.reshape(n * c, kh * kw), compute_uv=False) ** 2
+        tail = np.cumsum(energy[::-1])[::-1]
+        errors = np.zeros(kh * kw)
+        errors[: len(tail) - 1] = tail[1:] / tail[0]
+        return errors

@@ -1,0 +1,1 @@
+"""The pipeline behind ``recon.compress``: data, statistics, fitting, rank policies, reports."""

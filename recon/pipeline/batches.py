@@ -1,0 +1,86 @@
+"""User data as recon reads it: a re-iterable of input batches, checked batch by batch.
+
+Accepted: any re-iterable (a list, a ``DataLoader``) or a callable returning a fresh
+iterable, yielding tensors or (inputs, labels, ...) tuples; NumPy arrays are converted.
+Each batch is checked (floating point, batched, finite), cast to the model's dtype and moved
+to its device; at most ``samples`` samples are read per pass, so an endless source ends.
+What is wrong is said in a ``DataError`` that names the batch.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+
+import numpy as np
+import torch
+
+from recon.errors import DataError
+
+DataSource = Iterable | Callable[[], Iterable]
+
+
+def _inputs(batch: object, index: int) -> torch.Tensor:
+    """The input tensor of one yielded batch."""
+    if isinstance(batch, dict):
+        raise DataError(f"batch {index} is a dict (keys {sorted(map(str, batch))[:4]}); yield input tensors or "
+                        "(inputs, labels) tuples, e.g. with a generator that yields batch['image']")
+    if isinstance(batch, (tuple, list)):
+        if not batch:
+            raise DataError(f"batch {index} is an empty {type(batch).__name__}")
+        batch = batch[0]
+    if isinstance(batch, np.ndarray):
+        batch = torch.from_numpy(batch)
+    if not isinstance(batch, torch.Tensor):
+        raise DataError(f"batch {index} holds a {type(batch).__name__}, not a tensor of inputs")
+    if not batch.is_floating_point():
+        hint = " (are these labels? yield (inputs, labels) pairs)" if batch.ndim <= 1 else ""
+        raise DataError(f"batch {index} has dtype {batch.dtype}{hint}: recon needs floating point inputs, "
+                        "normalised the way the model was trained (e.g. images.float() / 255 and the model's "
+                        "mean and std)")
+    if batch.ndim < 2:
+        raise DataError(f"batch {index} has shape {tuple(batch.shape)}: inputs need a batch dimension first")
+    if not torch.all(torch.isfinite(batch)):
+        raise DataError(f"batch {index} contains NaN or infinite values")
+    return batch
+
+
+class Batches:
+    """A checked, bounded, re-iterable view of a data source, on a device and dtype."""
+
+    def __init__(self, source: DataSource, samples: int | None = None, device: torch.device | None = None,
+                 dtype: torch.dtype | None = None) -> None:
+        if samples is not None and samples < 1:
+            raise DataError(f"samples must be >= 1, got {samples}")
+        if not callable(source) and iter(source) is source:
+            raise DataError(f"data is a one-shot {type(source).__name__}: recon reads the data more than once; pass "
+                            "a list, a DataLoader, or a function that returns a fresh iterable")
+        self.source, self.samples, self.device, self.dtype = source, samples, device, dtype
+
+    def _iterable(self) -> Iterable:
+        try:
+            return self.source() if callable(self.source) else self.source
+        except Exception as err:  # a user's data factory can fail in any way; say where it came from
+            raise DataError(f"the data factory failed: {type(err).__name__}: {err}") from err
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        seen = 0
+        iterator = iter(self._iterable())
+        index = 0
+        while self.samples is None or seen < self.samples:
+            try:
+                batch = next(iterator)
+            except StopIteration:
+                break
+            except Exception as err:  # reading user data can fail in any way; name the batch
+                raise DataError(f"reading batch {index} of the data failed: {type(err).__name__}: {err}") from err
+            inputs = _inputs(batch, index)
+            if self.samples is not None:
+                inputs = inputs[: self.samples - seen]
+            seen += len(inputs)
+            index += 1
+            yield inputs.to(device=self.device, dtype=self.dtype or inputs.dtype)
+        if index == 0:
+            raise DataError("the data yielded no batches")
+
+    def first(self) -> torch.Tensor:
+        """The first batch."""
+        return next(iter(self))

@@ -1,0 +1,269 @@
+"""``recon.compress``: the whole pipeline behind one call.
+
+    result = recon.compress(model, loader, layers="all", method="scheme2", ranks=48)
+    result.model        # approximated copy, on the model's device
+    result.layers       # per-layer records
+    result.save("bases/model.h5")
+
+Order of work: check every argument and every rank (nothing slow happens before), select
+the layers, read the input shapes from one sample, gather symmetric statistics of every
+layer in one pass (data mode), let the rank policy choose, then fit the layers front to back
+(asymmetric mode: each on inputs from the model approximated so far), time each against its
+dense layer when the guard is on, and let the policy measure the outcome.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from recon import methods
+from recon.bench.guard import MIN_SPEEDUP, time_replacement
+from recon.bench.timing import capture_layer_inputs
+from recon.errors import ConfigError
+from recon.io.bases_file import BasesFile, update_bases, write_bases
+from recon.io.hashing import model_sha256
+from recon.methods import Method, SolverOptions
+from recon.pipeline.batches import Batches, DataSource
+from recon.pipeline.fitting import fit_layer, to_numpy
+from recon.pipeline.observe import observe, observe_asymmetric
+from recon.pipeline.policies import Fixed, Outcome, RankPolicy, RankProblem, TargetSpeedup
+from recon.pipeline.report import table
+from recon.pipeline.select import LayerSpec, refusals, select_layers
+from recon.record import LayerRecord
+from recon.surgery import replace_layer
+
+LOG = logging.getLogger("recon")
+MODES = ("filter", "data")
+
+
+@dataclass
+class Compression:
+    """What ``compress`` made: the approximated model and a record of every layer.
+
+    ``layers`` holds every fitted layer in model order (a layer the guard kept dense has
+    ``kept`` False and is not saved); ``skipped`` the layers the method refused, with why;
+    ``outcome`` what the rank policy measured at the end (TargetSpeedup), else None.
+    """
+
+    model: nn.Module
+    layers: dict[str, LayerRecord]
+    skipped: dict[str, str]
+    config: dict[str, Any]
+    model_name: str
+    model_sha256: str
+    outcome: Outcome | None = None
+    dense_layers: list[str] = field(default_factory=list)
+
+    @property
+    def kept(self) -> list[LayerRecord]:
+        """The records of the layers that were replaced."""
+        return [record for record in self.layers.values() if record.kept]
+
+    def table(self) -> str:
+        """The per-layer table the CLI prints."""
+        return table(self)
+
+    def save(self, path: str | Path, merge: bool = True) -> Path:
+        """Write the replaced layers to a bases file (schema v2), atomically. With ``merge``,
+        layers already in the file (of the same model) are kept; otherwise it is replaced."""
+        records = self.kept
+        if merge:
+            update_bases(path, self.model_name, self.model_sha256, records)
+            return Path(path)
+        return write_bases(path, BasesFile(self.model_name, self.model_sha256, {r.name: r for r in records}))
+
+
+def _as_policy(ranks: Any) -> RankPolicy:
+    if isinstance(ranks, RankPolicy):
+        return ranks
+    if ranks is None:
+        raise ConfigError("give ranks: an int, a dict of layer name -> rank, recon.TargetSpeedup(...) or "
+                          "recon.AccuracyBudget(...)")
+    if isinstance(ranks, (dict, int, str, tuple)) and not isinstance(ranks, bool):
+        return Fixed(ranks)
+    raise ConfigError(f"ranks must be an int, a dict, or a rank policy, got {type(ranks).__name__}")
+
+
+def _check_input_size(input_size: Any) -> tuple[int, ...] | None:
+    if input_size is None:
+        return None
+    size = tuple(input_size) if isinstance(input_size, (tuple, list, torch.Size)) else (input_size,)
+    if not size or not all(isinstance(v, int) and v > 0 for v in size):
+        raise ConfigError(f"input_size is the shape of one sample without the batch, e.g. (3, 32, 32); got {input_size!r}")
+    return size
+
+
+def _resolve_mode(mode: str | None, data: DataSource | None, method: Method, asymmetric: bool) -> str:
+    mode = mode or ("data" if data is not None and method.fits_data else "filter")
+    if mode not in MODES:
+        raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if mode == "data" and not method.fits_data:
+        data_methods = [m.name for m in methods.REGISTRY.values() if m.fits_data]
+        raise ConfigError(f"method {method.name} reconstructs weights only (mode='filter'); data reconstruction "
+                          f"is for {', '.join(data_methods)}")
+    if mode == "data" and data is None:
+        raise ConfigError("data reconstruction needs data: pass batches of the model's inputs")
+    if asymmetric and mode != "data":
+        raise ConfigError("asymmetric fitting is a form of data reconstruction: it needs mode='data' and data")
+    return mode
+
+
+@dataclass
+class _Plan:
+    """The checked arguments of one ``compress`` call."""
+
+    method: Method
+    mode: str
+    policy: RankPolicy
+    layers: list[str]
+    options: SolverOptions
+    config: dict[str, Any]
+
+
+def _shapes(model: nn.Module, layers: list[str], example: torch.Tensor | None) -> dict[str, tuple[int, ...]] | None:
+    if example is None:
+        return None
+    return {name: tuple(x.shape[1:]) for name, x in capture_layer_inputs(model, layers, example[:1]).items()}
+
+
+def compress(model: nn.Module, data: DataSource | None = None, *, layers: LayerSpec | None = None,
+             method: str = "scheme2", ranks: Any = None, mode: str | None = None, asymmetric: bool = False,
+             guard: bool = False, channels_last: bool = False, device: str | torch.device | None = None,
+             input_size: tuple[int, ...] | None = None, samples: int | None = None,
+             patches_per_image: int | None = 32, solver: SolverOptions = SolverOptions(),
+             min_speedup: float = MIN_SPEEDUP, timing_batch: int = 32, model_name: str | None = None,
+             progress: bool = True, on_layer: Callable[[LayerRecord], None] | None = None) -> Compression:
+    """Replace layers of ``model`` by low-rank modules; ``model`` itself is not changed.
+
+    Args:
+      model: a trained torch model, on any device.
+      data: batches of the model's inputs (a DataLoader, a list, or a function returning a
+        fresh iterable; tensors or (inputs, labels) pairs). None: filter reconstruction only.
+      layers: names, "all", a regular expression, a filter function ``fn(module, name)``, or
+        a list; default "all" (the dict's names when ``ranks`` is a dict).
+      method: a registered method (``recon.methods.REGISTRY``).
+      ranks: an int for every layer, a dict name -> rank, or a policy
+        (``TargetSpeedup``, ``AccuracyBudget``).
+      mode: "data" (match the layer's outputs; default with data) or "filter" (match weights).
+      asymmetric: data mode with inputs from the already approximated layers (front to back).
+      guard: time every fitted layer against its dense original and keep the dense layer
+        unless the low-rank one is ``min_speedup`` times faster.
+      channels_last: time in the channels_last memory format.
+      device: where statistics, solvers' inputs and timing run (default: the model's device);
+        the result stays on the model's device.
+      input_size: one sample's input shape, e.g. (3, 32, 32), for MACs without data.
+      samples: read at most this many samples of ``data`` per pass.
+      patches_per_image: patch locations sampled per sample for statistics (None: all).
+      solver: settings of the iterative solvers (and the sampling seed).
+      timing_batch: batch size of the guard's timing input.
+      model_name: what the bases file calls the model (default: its class name).
+      progress: progress bars; per-layer events go to the ``recon`` logger.
+      on_layer: called with each kept layer's record as soon as it is fitted (e.g. to save).
+    """
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    plan = _plan(model, data, layers, method, ranks, mode, asymmetric, guard, channels_last, input_size, samples,
+                 patches_per_image, solver, min_speedup, timing_batch)
+    home = next(model.parameters()).device
+    work = copy.deepcopy(model).to(device or home).eval()
+    batches = None if data is None else Batches(data, samples, next(work.parameters()).device,
+                                                next(work.parameters()).dtype)
+    example = _example(plan.policy, batches, _check_input_size(input_size), work)
+    shapes = _shapes(work, plan.layers, example)
+    symmetric = None
+    if plan.mode == "data" and (not asymmetric or plan.policy.uses_statistics):
+        symmetric = observe(work, batches, plan.layers, patches_per_image, solver.seed, progress)
+    approx = copy.deepcopy(work)
+
+    def fit(name: str, rank: Any, moments=None) -> LayerRecord:
+        moments = moments if moments is not None else (None if symmetric is None else symmetric[name])
+        return fit_layer(plan.method, work.get_submodule(name), name, rank, moments, solver,
+                         None if shapes is None else shapes[name], plan.config)
+
+    problem = RankProblem(work, plan.method, plan.layers,
+                          {name: plan.method.geometry(work.get_submodule(name)) for name in plan.layers},
+                          {name: to_numpy(work.get_submodule(name).weight) for name in plan.layers},
+                          shapes, symmetric, fit, LOG.info)
+    chosen = plan.policy.choose(problem)
+    records: dict[str, LayerRecord] = {}
+    guard_inputs = _guard_inputs(work, plan.layers, example, timing_batch) if guard else {}
+    for name in plan.layers:
+        if chosen.get(name) is None:
+            continue
+        moments = None
+        if plan.mode == "data" and asymmetric:
+            moments = observe_asymmetric(work, approx, batches, name, patches_per_image, solver.seed, progress)
+        record = fit(name, chosen[name], moments)
+        replace_layer(approx, name, record.module)
+        if name in guard_inputs:
+            record.guard = time_replacement(work.get_submodule(name), record.module, guard_inputs[name], name,
+                                            min_speedup, channels_last=channels_last)
+            if not record.kept:
+                replace_layer(approx, name, copy.deepcopy(work.get_submodule(name)))
+        records[name] = record
+        LOG.info("%s: %s rank %s fitted in %.2f s%s", name, record.method, record.rank, record.fit_seconds,
+                 "" if record.kept else " (kept dense by the guard)")
+        if record.kept and on_layer is not None:
+            on_layer(record)
+    outcome = plan.policy.outcome(work, approx)
+    approx = approx.to(home)
+    for record in records.values():
+        record.module = record.module.to(home)
+    return Compression(approx, records, refusals(model, plan.method), plan.config, model_name or type(model).__name__,
+                       model_sha256(model), outcome, [name for name in plan.layers if chosen.get(name) is None])
+
+
+def _plan(model, data, layers, method_name, ranks, mode, asymmetric, guard, channels_last, input_size, samples,
+          patches_per_image, solver, min_speedup, timing_batch) -> _Plan:
+    """Every argument checked, the layers selected and the ranks validated: before any work."""
+    method = methods.get(method_name)
+    mode = _resolve_mode(mode, data, method, asymmetric)
+    policy = _as_policy(ranks)
+    if layers is None:
+        layers = list(policy.ranks) if isinstance(policy, Fixed) and isinstance(policy.ranks, dict) else "all"
+    names = select_layers(model, layers, method)
+    geometries = {name: method.geometry(model.get_submodule(name)) for name in names}
+    policy.check(method, geometries)
+    for label, value, minimum in (("samples", samples, 1), ("patches_per_image", patches_per_image, 1),
+                                  ("timing_batch", timing_batch, 1)):
+        if value is not None and (not isinstance(value, int) or value < minimum):
+            raise ConfigError(f"{label} must be a whole number >= {minimum}, got {value!r}")
+    if not (isinstance(min_speedup, (int, float)) and math.isfinite(min_speedup) and min_speedup > 0):
+        raise ConfigError(f"min_speedup must be a positive number, got {min_speedup!r}")
+    _check_input_size(input_size)
+    if guard and data is None and input_size is None and not isinstance(policy, TargetSpeedup):
+        raise ConfigError("the guard times layers on their real input shapes: give data or input_size")
+    config = {"method": method.name, "mode": mode, "asymmetric": asymmetric, "ranks": policy.describe(),
+              "samples": samples, "patches_per_image": patches_per_image, "guard": guard,
+              "min_speedup": min_speedup, "channels_last": channels_last, "timing_batch": timing_batch,
+              "solver": solver.to_dict()}
+    return _Plan(method, mode, policy, names, solver, config)
+
+
+def _example(policy: RankPolicy, batches: Batches | None, input_size: tuple[int, ...] | None,
+             work: nn.Module) -> torch.Tensor | None:
+    """One batch the layer input shapes are read from: the data's first, else the policy's
+    example input, else zeros of ``input_size``."""
+    parameter = next(work.parameters())
+    if batches is not None:
+        return batches.first()
+    if isinstance(policy, TargetSpeedup):
+        return policy.example_input.to(parameter.device)
+    if input_size is not None:
+        return torch.zeros(1, *input_size, device=parameter.device, dtype=parameter.dtype)
+    return None
+
+
+def _guard_inputs(work: nn.Module, layers: list[str], example: torch.Tensor,
+                  timing_batch: int) -> dict[str, torch.Tensor]:
+    """Each layer's real input for a batch of ``timing_batch`` copies of the example's first sample."""
+    batch = example[:1].expand(timing_batch, *example.shape[1:]).contiguous()
+    return capture_layer_inputs(work, layers, batch)

@@ -1,0 +1,198 @@
+"""Input statistics of many layers in one pass over the data.
+
+``observe`` hooks every target layer and runs each batch through the model once: each hook
+turns its layer's input into patches x of length D (C*kh*kw in the (c, y, x) order of the
+flattened conv weight; the feature vector of a linear layer), keeps ``patches_per_image``
+seeded random locations of each sample (all when None), and adds them to float64 running
+sums of x and x x^T on the model's device. Memory is O(D^2) per layer whatever the number of
+images, and the data is read once whatever the number of layers.
+
+``observe_asymmetric`` gathers what the asymmetric objective needs for one layer: the same
+patches seen through the dense model (x) and through the partly approximated one (x_hat),
+E[x_hat x_hat^T] and the cross moment projected on the layer's weights, E[(W x) x_hat^T].
+Each layer has its own sampler seeded with ``seed``, so the locations drawn for a layer are
+the same in every pass and whatever other layers are observed.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from recon.errors import DataError
+from recon.nn import ConvGeometry, Geometry, geometry_of
+from recon.pipeline.batches import Batches, DataSource
+from solvers.objectives import Moments
+
+
+class PatchSampler:
+    """Seeded patch extraction for one layer: (sampled patches, D) from a batch of its inputs."""
+
+    def __init__(self, name: str, geometry: Geometry, per_image: int | None, seed: int) -> None:
+        self.name, self.geometry, self.per_image = name, geometry, per_image
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def _check(self, inputs: torch.Tensor) -> None:
+        if isinstance(self.geometry, ConvGeometry) and inputs.ndim != 4:
+            raise DataError(f"layer {self.name!r} received an input of shape {tuple(inputs.shape)}; a convolution's "
+                            "inputs must be (N, C, H, W): do the batches have a batch dimension?")
+
+    def locations(self, batch: int, count: int) -> torch.Tensor | None:
+        """(batch, per_image) sampled location indices, or None for all locations."""
+        if self.per_image is None or self.per_image >= count:
+            return None
+        return torch.rand(batch, count, generator=self.generator).argsort(1)[:, : self.per_image]
+
+    def draw(self, inputs: torch.Tensor) -> torch.Tensor | None:
+        """Location indices for a batch of this layer's inputs (None: all)."""
+        self._check(inputs)
+        if isinstance(self.geometry, ConvGeometry):
+            out_h, out_w = self.geometry.output_size(*inputs.shape[-2:])
+            return self.locations(inputs.shape[0], out_h * out_w)
+        return self.locations(inputs.shape[0], int(inputs[0].numel() // inputs.shape[-1]))
+
+    def patches(self, inputs: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
+        """The float64 patches (P, D) of ``inputs`` at ``index`` (from ``draw``)."""
+        g = self.geometry
+        if not isinstance(g, ConvGeometry):
+            rows = inputs.reshape(inputs.shape[0], -1, inputs.shape[-1])
+            if index is not None:
+                rows = torch.gather(rows, 1, index.to(rows.device)[..., None].expand(-1, -1, rows.shape[-1]))
+            return rows.reshape(-1, rows.shape[-1]).double()
+        padded = F.pad(inputs, list(g.side_padding()))
+        if index is None:
+            columns = F.unfold(padded, g.kernel_size, dilation=g.dilation, stride=g.stride)
+            return columns.transpose(1, 2).reshape(-1, columns.shape[1]).double()
+        index = index.to(inputs.device)
+        _, out_w = g.output_size(*inputs.shape[-2:])
+        (kh, kw), (sh, sw), (dh, dw) = g.kernel_size, g.stride, g.dilation
+        arange = lambda size, step: torch.arange(size, device=inputs.device) * step
+        rows = (index // out_w)[..., None] * sh + arange(kh, dh)          # (B, k, kh)
+        cols = (index % out_w)[..., None] * sw + arange(kw, dw)           # (B, k, kw)
+        batch = torch.arange(inputs.shape[0], device=inputs.device)[:, None, None, None]
+        picked = padded[batch, :, rows[..., None], cols[..., None, :]]  # (B, k, kh, kw, C)
+        return picked.permute(0, 1, 4, 2, 3).reshape(-1, inputs.shape[1] * kh * kw).double()
+
+
+def gram(x: torch.Tensor) -> torch.Tensor:
+    """x^T x in float64; on the CPU through NumPy, whose BLAS uses the symmetric rank-k update
+    (half the work of a general product; measured 0.23 s against 0.43 s for 8000 x 1600)."""
+    if x.device.type == "cpu":
+        array = x.numpy()
+        return torch.from_numpy(array.T @ array)
+    return x.T @ x
+
+
+class _Sums:
+    """Running float64 sums over patches on one device."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.sums: dict[str, torch.Tensor] = {}
+
+    def add(self, key: str, value: torch.Tensor) -> None:
+        self.sums[key] = self.sums[key] + value if key in self.sums else value.clone()
+
+    def mean(self, key: str):
+        return (self.sums[key] / self.count).cpu().numpy()
+
+
+class _InputHook:
+    """A forward pre-hook that hands each input of one module to ``consume``."""
+
+    def __init__(self, module: nn.Module, consume) -> None:
+        self.handle = module.register_forward_pre_hook(lambda _, args: consume(args[0].detach()))
+
+    def remove(self) -> None:
+        self.handle.remove()
+
+
+def _forward(model: nn.Module, inputs: torch.Tensor, index: int) -> None:
+    """One batch through ``model``; a failure names the batch and its shape."""
+    try:
+        model(inputs)
+    except RuntimeError as err:
+        raise DataError(f"the model failed on data batch {index} of shape {tuple(inputs.shape)}: {err}") from err
+
+
+def _batches(batches: Batches, description: str, progress: bool):
+    """(index, inputs) of every batch, with a progress bar."""
+    return enumerate(tqdm(batches, desc=description, unit="batch", disable=not progress, leave=False))
+
+
+def observe(model: nn.Module, data: Batches | DataSource, layers: list[str] | str = "all",
+            patches_per_image: int | None = 32, seed: int = 0, progress: bool = True,
+            samples: int | None = None) -> dict[str, Moments]:
+    """Symmetric moments (x_hat = x) of every layer in ``layers`` (names; "all": every Conv2d
+    and Linear), from one pass of ``data`` through ``model`` (at most ``samples`` samples)."""
+    if layers == "all":
+        layers = [name for name, module in model.named_modules() if isinstance(module, (nn.Conv2d, nn.Linear))]
+    parameter = next(model.parameters())
+    batches = data if isinstance(data, Batches) else Batches(data, samples, parameter.device, parameter.dtype)
+    sums = {name: _Sums() for name in layers}
+    samplers = {name: PatchSampler(name, geometry_of(model.get_submodule(name)), patches_per_image, seed)
+                for name in layers}
+
+    def consumer(name: str):
+        def consume(inputs: torch.Tensor) -> None:
+            sampler, total = samplers[name], sums[name]
+            x = sampler.patches(inputs, sampler.draw(inputs))
+            total.count += x.shape[0]
+            total.add("x", x.sum(0))
+            total.add("xx", gram(x))
+        return consume
+
+    hooks = [_InputHook(model.get_submodule(name), consumer(name)) for name in layers]
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for index, inputs in _batches(batches, f"statistics of {len(layers)} layer(s)", progress):
+                _forward(model, inputs, index)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    _check_seen(sums)
+    return {name: Moments.symmetric(total.count, total.mean("x"), total.mean("xx")) for name, total in sums.items()}
+
+
+def _check_seen(sums: dict[str, _Sums]) -> None:
+    unseen = [name for name, total in sums.items() if total.count == 0]
+    if unseen:
+        raise DataError(f"layer(s) {', '.join(unseen)} never ran while the data went through the model")
+
+
+def observe_asymmetric(model: nn.Module, approx: nn.Module, batches: Batches, layer: str,
+                       patches_per_image: int | None = 32, seed: int = 0, progress: bool = True) -> Moments:
+    """Asymmetric moments of ``layer``: x from ``model``, x_hat from ``approx`` (one pass each per batch)."""
+    dense_layer = model.get_submodule(layer)
+    sampler = PatchSampler(layer, geometry_of(dense_layer), patches_per_image, seed)
+    weights = dense_layer.weight.detach().reshape(dense_layer.weight.shape[0], -1).double()
+    total = _Sums()
+    captured: dict[str, torch.Tensor] = {}
+    hooks = [_InputHook(dense_layer, lambda x: captured.__setitem__("x", x)),
+             _InputHook(approx.get_submodule(layer), lambda x: captured.__setitem__("x_hat", x))]
+    model.eval()
+    approx.eval()
+    try:
+        with torch.inference_mode():
+            for index, inputs in _batches(batches, f"statistics of {layer} (asymmetric)", progress):
+                _forward(model, inputs, index)
+                dense_inputs = captured["x"]  # read before the next pass: the two may share modules
+                _forward(approx, inputs, index)
+                locations = sampler.draw(dense_inputs)
+                x = sampler.patches(dense_inputs, locations)
+                x_hat = sampler.patches(captured["x_hat"], locations)
+                outputs = x @ weights.T
+                total.count += x.shape[0]
+                total.add("x", x.sum(0))
+                total.add("x_hat", x_hat.sum(0))
+                total.add("xx_hat", gram(x_hat))
+                total.add("yx_hat", outputs.T @ x_hat)
+                total.add("yy", (outputs * outputs).sum())
+    finally:
+        for hook in hooks:
+            hook.remove()
+    _check_seen({layer: total})
+    return Moments(total.count, total.mean("x"), total.mean("x_hat"), total.mean("xx_hat"), total.mean("yx_hat"),
+                   float(total.mean("yy")))

@@ -1,0 +1,105 @@
+"""Which layers to replace: names, "all", regular expressions, or a filter function.
+
+``layers`` may be:
+* ``"all"``: every layer the method can replace (the others are reported as skipped, with why);
+* a qualified name (``"conv2"``, ``"layer3.0.conv1"``): that layer, which must be eligible;
+* a regular expression (a compiled pattern, or a string that names no layer): every eligible
+  layer whose full name matches;
+* a filter function ``fn(module, name) -> bool`` (torchao's ``filter_fn`` order): every
+  eligible layer it accepts;
+* a list of names and patterns.
+The result is in the model's registration order.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+
+from torch import nn
+
+from recon.errors import ConfigError, LayerError
+from recon.methods import Method
+
+LayerSpec = str | re.Pattern | Callable[[nn.Module, str], bool] | Sequence[str | re.Pattern]
+
+
+def refusals(model: nn.Module, method: Method) -> dict[str, str]:
+    """Why ``method`` cannot replace each Conv2d / Linear of ``model`` it refuses, by name."""
+    reasons = {}
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            reason = method.eligible(module)
+            if reason is not None:
+                reasons[name] = reason
+    return reasons
+
+
+def eligible_layers(model: nn.Module, method: Method) -> list[str]:
+    """Qualified names of every layer ``method`` can replace, in registration order."""
+    return [name for name, module in model.named_modules()
+            if name and isinstance(module, (nn.Conv2d, nn.Linear)) and method.eligible(module) is None]
+
+
+def _by_name(model: nn.Module, name: str, method: Method, eligible: list[str]) -> str:
+    try:
+        module = model.get_submodule(name)
+    except AttributeError:
+        raise LayerError(f"model has no layer {name!r}; layers {method.name} can replace: "
+                         f"{', '.join(eligible) or 'none'}") from None
+    reason = method.eligible(module)
+    if reason is not None:
+        raise LayerError(f"layer {name!r} cannot be replaced by {method.name}: {reason}")
+    return name
+
+
+def _by_pattern(pattern: re.Pattern, eligible: list[str], method: Method) -> list[str]:
+    matched = [name for name in eligible if pattern.fullmatch(name)]
+    if not matched:
+        raise LayerError(f"no layer that {method.name} can replace matches {pattern.pattern!r}; "
+                         f"those it can replace: {', '.join(eligible) or 'none'}")
+    return matched
+
+
+def _module_names(model: nn.Module) -> set[str]:
+    return {name for name, _ in model.named_modules()}
+
+
+def select_layers(model: nn.Module, layers: LayerSpec, method: Method) -> list[str]:
+    """The names that ``layers`` selects for ``method`` (see the module docstring)."""
+    eligible = eligible_layers(model, method)
+    if callable(layers) and not isinstance(layers, re.Pattern):
+        chosen = {name for name in eligible if layers(model.get_submodule(name), name)}
+    else:
+        specs = [layers] if isinstance(layers, (str, re.Pattern)) else list(layers)
+        if not specs:
+            raise ConfigError("no layers were named")
+        chosen = set()
+        names = _module_names(model)
+        for spec in specs:
+            if spec == "all":
+                chosen.update(eligible)
+            elif isinstance(spec, re.Pattern):
+                chosen.update(_by_pattern(spec, eligible, method))
+            elif not isinstance(spec, str):
+                raise ConfigError(f"a layer is named by a string or a compiled pattern, got {type(spec).__name__}")
+            elif spec in names or not _looks_like_pattern(spec):
+                chosen.add(_by_name(model, spec, method, eligible))
+            else:
+                chosen.update(_by_pattern(_compile(spec), eligible, method))
+    if not chosen:
+        reasons = refusals(model, method)
+        detail = "; ".join(f"{name}: {why}" for name, why in list(reasons.items())[:6])
+        raise LayerError(f"no layer selected for {method.name}" + (f" ({detail})" if detail else
+                                                                     ": the model has no Conv2d or Linear layer"))
+    return [name for name, _ in model.named_modules() if name in chosen]
+
+
+def _looks_like_pattern(text: str) -> bool:
+    return any(char in text for char in "*+?[](){}|^$\\")
+
+
+def _compile(text: str) -> re.Pattern:
+    try:
+        return re.compile(text)
+    except re.error as err:
+        raise ConfigError(f"{text!r} names no layer and is not a valid regular expression ({err})") from None

@@ -1,0 +1,51 @@
+"""``LayerRecord``: one replaced layer, as the pipeline made it and as a bases file stores it."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from recon.bench.guard import GuardDecision
+from recon.nn import Geometry, LowRankModule
+from recon.nn.base import Rank
+
+
+@dataclass
+class LayerRecord:
+    """The low-rank module of one layer and what is known about it.
+
+    ``filter_energy_lost`` = ||W_hat - W||^2 / ||W||^2 (the fraction of the weights' energy
+    not reconstructed); ``output_variance_lost`` = E||y_hat - y||^2 / E||y - E y||^2 on the
+    fitting statistics (the fraction of the layer's output variance not reconstructed; NaN
+    without statistics). Both are squared: their square roots are the relative norm errors.
+    """
+
+    name: str
+    method: str
+    rank: Rank
+    mode: str
+    geometry: Geometry
+    module: LowRankModule
+    weight_sha256: str
+    bias_sha256: str | None
+    filter_energy_lost: float = math.nan
+    output_variance_lost: float = math.nan
+    input_shape: tuple[int, ...] | None = None
+    dense_macs: int | None = None
+    macs: int | None = None
+    fit_seconds: float = math.nan
+    guard: GuardDecision | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    history: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def kept(self) -> bool:
+        """False when the guard measured the low-rank module no faster and kept the dense layer."""
+        return self.guard is None or self.guard.kept
+
+    @property
+    def theoretical_speedup(self) -> float:
+        """Dense MACs / low-rank MACs on the layer's input shape (NaN when unknown)."""
+        return self.dense_macs / self.macs if self.dense_macs and self.macs else math.nan

@@ -1,0 +1,58 @@
+"""The layout shows the architecture: no import cycles, and no library module imports a command."""
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+ENTRY_POINTS = {"recon.fit", "recon.evaluate", "recon.export", "recon.finetune"}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports_at_load(path: Path, modules: set[str]) -> set[str]:
+    """The recon / solvers modules that loading ``path`` imports (module level, outside TYPE_CHECKING)."""
+    found = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names = [f"{node.module}.{alias.name}" for alias in node.names] + [node.module]
+        else:
+            continue
+        found.update(name for name in names if name in modules)
+    return found
+
+
+def graph() -> dict[str, set[str]]:
+    files = [p for folder in ("recon", "solvers") for p in (ROOT / folder).rglob("*.py")]
+    modules = {module_name(p) for p in files}
+    return {module_name(p): imports_at_load(p, modules) - {module_name(p)} for p in files}
+
+
+def test_no_import_cycles():
+    edges = graph()
+    state: dict[str, int] = {}
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for target in sorted(edges.get(node, ())):
+            assert state.get(target) != 1, "import cycle: " + " -> ".join(path + [target])
+            if target not in state:
+                visit(target, path + [target])
+        state[node] = 2
+
+    for node in sorted(edges):
+        if node not in state:
+            visit(node, [node])
+
+
+def test_no_library_module_imports_a_command_and_solvers_import_no_torch():
+    for name, targets in graph().items():
+        if not name.startswith("recon.cli") and name not in ENTRY_POINTS:
+            assert not any(t.startswith("recon.cli") for t in targets), f"{name} imports {targets}"
+        if name.startswith("solvers"):
+            assert not any(t.startswith("recon") for t in targets), f"{name} imports {targets}"
+    for path in (ROOT / "solvers").rglob("*.py"):
+        assert "import torch" not in path.read_text(), path

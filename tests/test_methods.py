@@ -1,0 +1,128 @@
+"""Every registered method against independent truth: planted structure, Eckart-Young, the
+dense layer; and the protocol's answers (ranks, estimates, refusals)."""
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+from torch import nn
+
+import recon
+from recon import methods
+from recon.errors import ConfigError, FitError
+from recon.methods import SolverOptions
+from recon.nn import ConvGeometry, LinearGeometry
+from recon.pipeline.fitting import fit_layer
+from solvers.vbmf import evbmf_rank, noise_variance
+from tests.conftest import decaying_weights
+
+pytest.importorskip("tensorly")
+
+
+@settings(max_examples=10, deadline=None)
+@given(rows=st.integers(20, 60), extra=st.integers(0, 200), rank=st.integers(1, 8), seed=st.integers(0, 99))
+def test_evbmf_recovers_planted_rank_and_noise(rows, extra, rank, seed):
+    rng = np.random.default_rng(seed)
+    cols = rows + extra
+    signal = rng.standard_normal((rows, rank)) @ rng.standard_normal((rank, cols))
+    noisy = signal + 0.05 * rng.standard_normal((rows, cols))
+    assert evbmf_rank(noisy) == rank
+    s = np.linalg.svd(noisy, compute_uv=False)
+    assert noise_variance(s, noisy.shape, float(np.sum(noisy ** 2))) == pytest.approx(0.0025, rel=0.25)
+
+
+def test_tucker2_evbmf_ranks_find_planted_structure():
+    rng = np.random.default_rng(0)
+    core = rng.standard_normal((5, 3, 3, 3))
+    u_out, _ = np.linalg.qr(rng.standard_normal((40, 5)))
+    u_in, _ = np.linalg.qr(rng.standard_normal((30, 3)))
+    conv = nn.Conv2d(30, 40, 3, bias=False)
+    with torch.no_grad():
+        conv.weight.copy_(torch.as_tensor(np.einsum("oiyx,no,ci->ncyx", core, u_out, u_in)
+                                          + 0.002 * rng.standard_normal((40, 30, 3, 3))))
+    assert recon.decompose(conv, "evbmf", "tucker2").rank == (5, 3)
+
+
+def test_cp_matches_its_own_dense_weight_and_approximates_conv():
+    conv = nn.Conv2d(6, 8, 3, padding=1, stride=(2, 1))
+    module = recon.decompose(conv, 40, "cp")
+    x = torch.randn(2, 6, 9, 9)
+    dense = nn.functional.conv2d(x, module.dense_weight(), conv.bias, conv.stride, conv.padding)
+    torch.testing.assert_close(module(x), dense, atol=1e-5, rtol=1e-4)
+    error = float(((module.dense_weight() - conv.weight) ** 2).sum() / (conv.weight ** 2).sum())
+    assert error < 0.2
+
+
+def test_cp_of_planted_rank_is_exact():
+    rng = np.random.default_rng(1)
+    factors = [rng.standard_normal((d, 3)) for d in (8, 5, 3, 3)]
+    conv = nn.Conv2d(5, 8, 3, padding=1)
+    with torch.no_grad():
+        conv.weight.copy_(torch.as_tensor(np.einsum("nr,cr,yr,xr->ncyx", *factors)))
+    module = recon.decompose(conv, 3, "cp", solver=SolverOptions(cp_iterations=500))
+    x = torch.randn(1, 5, 7, 7)
+    torch.testing.assert_close(module(x), conv(x), atol=1e-3, rtol=1e-3)
+
+
+def test_cp_that_cannot_fit_is_a_fit_error(monkeypatch):
+    monkeypatch.setattr("tensorly.decomposition.parafac",
+                        lambda *args, **kwargs: (type("CP", (), {"weights": 1.0, "factors": [np.full((4, 2), np.nan)] * 4}),
+                                                 [float("nan")]))
+    with pytest.raises(FitError, match="layer 'Conv2d' \\(cp, rank 2\\).*failed"):
+        recon.decompose(nn.Conv2d(4, 4, 3), 2, "cp")
+
+
+def test_svd_truncation_is_eckart_young():
+    linear = nn.Linear(20, 12)
+    low = recon.decompose(linear, 5, "svd")
+    s = torch.linalg.svdvals(linear.weight.detach())
+    lost = float(((low.dense_weight() - linear.weight) ** 2).sum())
+    assert lost == pytest.approx(float((s[5:] ** 2).sum()), rel=1e-4)
+
+
+@pytest.mark.parametrize("name", ["scheme2", "svd"])
+def test_closed_form_rank_errors_equal_the_fitted_errors(name):
+    method = methods.get(name)
+    layer = nn.Conv2d(5, 7, (3, 2)) if name == "scheme2" else nn.Linear(9, 6)
+    weights = layer.weight.detach().double().numpy()
+    errors = method.rank_errors(weights, None)
+    assert len(errors) == method.max_rank(method.geometry(layer))
+    for rank in range(1, len(errors) + 1):
+        record = fit_layer(method, layer, "layer", rank, None, SolverOptions())
+        assert errors[rank - 1] == pytest.approx(record.filter_energy_lost, rel=1e-3, abs=1e-6)
+
+
+def test_estimates_bound_the_iterative_methods_from_the_right_side():
+    conv = nn.Conv2d(8, 6, 3)
+    with torch.no_grad():
+        conv.weight.copy_(torch.as_tensor(decaying_weights((6, 8, 3, 3), decay=0.8)))
+    weights = conv.weight.detach().double().numpy()
+    scheme1, tucker2 = methods.get("scheme1"), methods.get("tucker2")
+    lower = scheme1.rank_errors(weights, None)
+    upper = tucker2.rank_errors(weights, None)
+    for rank in (1, 2, 4):
+        assert fit_layer(scheme1, conv, "c", rank, None, SolverOptions()).filter_energy_lost >= lower[rank - 1] - 1e-6
+        assert fit_layer(tucker2, conv, "c", rank, None, SolverOptions()).filter_energy_lost <= upper[rank - 1] + 1e-6
+
+
+def test_ranks_are_checked_with_their_range():
+    geometry = ConvGeometry(6, 6, (3, 3))
+    with pytest.raises(ConfigError, match="scheme2 needs a rank in 1..18 .*min\\(C\\*kh, N\\*kw\\)"):
+        methods.get("scheme2").check_rank(geometry, 19)
+    with pytest.raises(ConfigError, match="scheme1 needs a rank in 1..9"):
+        methods.get("scheme1").check_rank(geometry, 0)
+    with pytest.raises(ConfigError, match="1 <= R_out <= 6"):
+        methods.get("tucker2").check_rank(geometry, (7, 2))
+    with pytest.raises(ConfigError, match="svd needs a rank in 1..4"):
+        methods.get("svd").check_rank(LinearGeometry(4, 9), "evbmf")
+    methods.get("tucker2").check_rank(geometry, "evbmf")
+    with pytest.raises(ConfigError, match="unknown method 'tt'; available: scheme2, scheme1, cp, tucker2, svd"):
+        methods.get("tt")
+
+
+@pytest.mark.parametrize("name, factor", [("scheme2", 1), ("scheme2", 4), ("scheme1", 2), ("cp", 3), ("tucker2", 2)])
+def test_rank_for_speedup_is_where_macs_cross_the_goal(name, factor):
+    geometry = ConvGeometry(64, 64, (3, 3), padding=(1, 1))
+    method = methods.get(name)
+    rank = method.rank_for_speedup(geometry, (64, 28, 28), factor)
+    goal = geometry.dense_macs((28, 28)) / factor
+    assert method.macs(geometry, rank, (28, 28)) <= goal < method.macs(geometry, rank + 1, (28, 28))
