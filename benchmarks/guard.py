@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 from benchmarks.common import machine, write_section
-from benchmarks.target_speedup import run_cli
+from benchmarks.target_speedup import run_command
 from recon.cli.evaluate import main as evaluate_main
 
 LAYERS = ["--layer", "conv2", "--layer", "conv3", "--layer", "conv4", "--layer", "conv5"]
@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> None:
         for index, setting in enumerate(SETTINGS):
             out = Path(folder) / f"guard{index}.h5"
             command = [*LAYERS, *setting, "--mode", "filter", "--guard", "--channels-last"]
-            code, fit_output = run_cli([*command, "--out", str(out)])
+            code, fit_output, _ = run_command(["recon.fit", *command, "--out", str(out)])
             guard_lines = "\n".join(line for line in fit_output.splitlines() if line.startswith("guard "))
             parts.append(f"`python -m recon.fit {' '.join(command)}` (exit {code}), the guard's decisions:\n\n"
                          f"```\n{guard_lines}\n```")

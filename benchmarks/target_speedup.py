@@ -1,30 +1,34 @@
-"""The --target-speedup check of the CLI itself, in both memory formats.
+"""The --target-speedup check of the CLI itself, timed end to end, in both memory formats.
 
     python -m benchmarks.target_speedup [--target 2.5]
 
-Runs ``python -m recon.fit --layer all --target-speedup T --asymmetric --eval`` (data
-reconstruction, no fine-tuning) once timing in channels_last and once in NCHW, and records
-what the CLI printed (rank search rounds, per-layer table, measured speedup, test accuracy).
+Runs ``python -m recon.fit --layer all --target-speedup T --asymmetric [--channels-last]``
+(data reconstruction, no fine-tuning) as a fresh process and records its wall time (process
+start, imports, compilation included) and what it printed (rank search rounds, per-layer
+table, measured speedup); then ``python -m recon.evaluate --bases FILE`` for test accuracy
+and latency of the result in both memory formats.
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
+import subprocess
+import sys
 import tempfile
+import time
 from pathlib import Path
 
 from benchmarks.common import machine, write_section
-from recon.cli.fit import main as fit_main
 
 
-def run_cli(arguments: list[str]) -> tuple[int, str]:
-    """Exit code and everything the CLI wrote (stdout and stderr, progress bars left out)."""
-    stream = io.StringIO()
-    with contextlib.redirect_stdout(stream), contextlib.redirect_stderr(stream):
-        code = fit_main(arguments)
-    lines = [line for line in stream.getvalue().splitlines() if line.strip() and "%|" not in line]
-    return code, "\n".join(lines)
+def run_command(arguments: list[str]) -> tuple[int, str, float]:
+    """Exit code, everything it printed (progress bars left out) and wall seconds of ``python -m ...``."""
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", *arguments], capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    text = (done.stderr + done.stdout).replace("\r", "\n")
+    lines = [line for line in text.splitlines() if line.strip() and "%|" not in line and "batch/s" not in line
+             and "s/batch" not in line]
+    return done.returncode, "\n".join(lines), seconds
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -35,10 +39,15 @@ def main(argv: list[str] | None = None) -> None:
              f"Machine: {machine()}."]
     with tempfile.TemporaryDirectory() as folder:
         for layout in (["--channels-last"], []):
-            command = ["--layer", "all", "--target-speedup", f"{args.target:g}", "--asymmetric", "--eval", *layout]
-            code, output = run_cli([*command, "--out", str(Path(folder) / f"target{len(layout)}.h5")])
+            out = str(Path(folder) / f"target{len(layout)}.h5")
+            command = ["recon.fit", "--layer", "all", "--target-speedup", f"{args.target:g}", "--asymmetric", *layout]
+            code, output, seconds = run_command([*command, "--out", out])
+            print(output, f"{seconds:.1f} s", sep="\n", flush=True)
+            parts.append(f"`python -m {' '.join(command)}` (exit {code}, **{seconds:.0f} s** end to end):\n\n"
+                         f"```\n{output}\n```")
+            code, output, _ = run_command(["recon.evaluate", "--bases", out, "--repeats", "50"])
             print(output, flush=True)
-            parts.append(f"`python -m recon.fit {' '.join(command)}` (exit {code}):\n\n```\n{output}\n```")
+            parts.append(f"`python -m recon.evaluate --bases FILE --repeats 50` (exit {code}):\n\n```\n{output}\n```")
     write_section("target-speedup", "\n\n".join(parts))
 
 

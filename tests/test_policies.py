@@ -9,7 +9,7 @@ import recon
 from recon import data, methods
 from recon.errors import ConfigError
 from recon.metrics import accuracy
-from recon.bench.placeholders import placeholder_model
+from recon.bench.placeholders import timing_model
 from recon.pipeline.policies import RankProblem, TargetSpeedup, _greedy, _LayerOptions, _uniform
 from tests.fixture_models import tiny, tiny_batches
 
@@ -62,10 +62,10 @@ def test_target_search_raises_the_goal_until_the_measured_speedup_clears_the_mar
     geometry = problem.geometries["features.4"]
     dense_macs = geometry.dense_macs((10, 10))
     fixed = dense_macs // 2
-    monkeypatch.setattr("recon.pipeline.policies.placeholder_model", lambda model, method, geometries, ranks: dict(ranks))
+    monkeypatch.setattr("recon.pipeline.policies.timing_model", lambda model, modules: dict(modules))
 
     def fake_latencies(models, inputs, repeats, channels_last):
-        rank = models[1]["features.4"]
+        rank = models[1]["features.4"].rank if "features.4" in models[1] else None
         low = dense_macs if rank is None else methods.get("scheme2").macs(geometry, rank, (10, 10))
         return [dense_macs + fixed, low + fixed]
 
@@ -79,13 +79,18 @@ def test_target_search_raises_the_goal_until_the_measured_speedup_clears_the_mar
     assert len(lines) >= 2 and "predicted" in lines[0]  # the first MAC goal missed the measured target
 
 
-def test_placeholder_model_has_the_chosen_shapes():
+@pytest.mark.parametrize("name, rank", [("scheme2", 3), ("scheme1", 2), ("cp", 4), ("tucker2", 3)])
+def test_quick_fits_are_modules_of_the_rank_close_to_the_layer(name, rank):
     model = tiny()
-    method = methods.get("scheme2")
-    geometries = {"features.0": method.geometry(model.features[0])}
-    timed = placeholder_model(model, method, geometries, {"features.0": 3})
-    assert timed.features[0].rank == 3 and model.features[0].__class__ is torch.nn.Conv2d
+    method = methods.get(name)
+    layer = model.features[4]
+    weights = layer.weight.detach().double().numpy()
+    module = method.build(method.geometry(layer), method.quick_fit(weights, rank), None)
+    timed = timing_model(model, {"features.4": module})
+    assert timed.features[4] is module and isinstance(model.features[4], torch.nn.Conv2d)
     assert timed(torch.zeros(2, 3, 10, 10)).shape == (2, 2)
+    lost = float(((module.dense_weight().double() - layer.weight.double()) ** 2).sum() / (layer.weight ** 2).sum())
+    assert lost < 1.0  # better than nothing: activations like the dense layer's
 
 
 def test_policy_arguments_are_checked_at_once():

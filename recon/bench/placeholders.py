@@ -1,5 +1,6 @@
-"""Modules with seeded random factors, for timing: how long a module takes does not depend on
-the values of its factors, so nothing needs fitting to know what a rank costs."""
+"""Modules to time rather than to use: with seeded random factors (a single convolution's time
+does not depend on its values) or quickly fitted ones (a whole model's time does, through its
+activations: see ``Method.quick_fit``), put into a copy of a model."""
 from __future__ import annotations
 
 import copy
@@ -23,15 +24,10 @@ def random_module(method: Method, geometry: Geometry, rank: Any, bias: bool = Tr
     return module.eval()
 
 
-def placeholder_model(model: nn.Module, method: Method, geometries: dict[str, Geometry],
-                      ranks: dict[str, Any]) -> nn.Module:
-    """A copy of ``model`` with ``method``'s random modules at ``ranks`` (None: the dense layer),
-    on each layer's device and dtype."""
+def timing_model(model: nn.Module, modules: dict[str, LowRankModule]) -> nn.Module:
+    """A copy of ``model`` with ``modules`` in place of the named layers, on each layer's device and dtype."""
     timed = copy.deepcopy(model).eval()
-    for name, rank in ranks.items():
-        if rank is None:
-            continue
+    for name, module in modules.items():
         layer = model.get_submodule(name)
-        module = random_module(method, geometries[name], rank, bias=layer.bias is not None)
-        replace_layer(timed, name, module.to(device=layer.weight.device, dtype=layer.weight.dtype))
+        replace_layer(timed, name, module.to(device=layer.weight.device, dtype=layer.weight.dtype).eval())
     return timed

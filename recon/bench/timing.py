@@ -8,6 +8,8 @@ import time
 import torch
 from torch import nn
 
+from recon.errors import LayerError
+
 
 def _synchronize(tensor: torch.Tensor) -> None:
     if tensor.is_cuda:
@@ -68,5 +70,5 @@ def capture_layer_inputs(model: nn.Module, names: list[str], example: torch.Tens
             hook.remove()
     missing = [name for name in names if name not in captured]
     if missing:
-        raise ValueError(f"layer(s) {', '.join(missing)} did not run in the forward pass of the example input")
+        raise LayerError(f"layer(s) {', '.join(missing)} did not run in the forward pass of the example input")
     return captured

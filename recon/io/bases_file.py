@@ -20,6 +20,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -314,8 +315,13 @@ def check_folder(path: str | os.PathLike) -> Path:
         raise BasesFileError(f"cannot write {path}: it is a directory; give a file name such as {Path(path) / 'bases.h5'}")
     if not target.parent.is_dir():
         raise BasesFileError(f"cannot write {path}: folder {target.parent} does not exist")
-    if not os.access(target.parent, os.W_OK) or (target.exists() and not os.access(target, os.W_OK)):
-        raise BasesFileError(f"cannot write {path}: permission denied")
+    if target.exists() and not os.access(target, os.W_OK):
+        raise BasesFileError(f"cannot write {path}: the file is read-only")
+    try:
+        with tempfile.TemporaryFile(dir=target.parent):
+            pass
+    except OSError as err:
+        raise BasesFileError(f"cannot write in {target.parent}: {err.strerror or err}") from None
     return target
 
 

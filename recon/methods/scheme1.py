@@ -36,6 +36,17 @@ class Scheme1(Method):
         factors = {"vertical": result.vertical[0], "horizontal": result.horizontal[0], "coeffs": result.coeffs[0]}
         return Fitted(factors, rank, history)
 
+    def quick_fit(self, weights: np.ndarray, rank: int) -> Fitted:
+        """The lambda = 0 start without the schedule: the top M right singular vectors of W as
+        (N*C) x (kh*kw), each cut to its best separable filter, coefficients by projection."""
+        n, c, kh, kw = weights.shape
+        _, _, vt = np.linalg.svd(weights.reshape(n * c, kh * kw), full_matrices=False)
+        u, s, wt = np.linalg.svd(vt[:rank].reshape(rank, kh, kw))
+        vertical, horizontal = u[:, :, 0] * np.sqrt(s[:, :1]), wt[:, 0, :] * np.sqrt(s[:, :1])
+        bases = np.einsum("my,mx->myx", vertical, horizontal).reshape(rank, -1)
+        coeffs = np.linalg.lstsq(bases.T, weights.reshape(n * c, -1).T, rcond=None)[0].T.reshape(n, c, rank)
+        return Fitted({"vertical": vertical, "horizontal": horizontal, "coeffs": coeffs}, rank, {})
+
     def rank_errors(self, weights: np.ndarray, covariance: np.ndarray | None) -> np.ndarray:
         """The weight error of the best M unconstrained (not yet separable) bases, Eckart-Young
         on W reshaped to (N*C) x (kh*kw): a lower bound used as the estimate in either mode."""

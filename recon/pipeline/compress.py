@@ -27,11 +27,12 @@ from torch import nn
 from recon import methods
 from recon.bench.guard import MIN_SPEEDUP, time_replacement
 from recon.bench.timing import capture_layer_inputs
-from recon.errors import ConfigError
+from recon.errors import ConfigError, DataError
 from recon.io.bases_file import BasesFile, update_bases, write_bases
 from recon.io.hashing import model_sha256
 from recon.methods import Method, SolverOptions
 from recon.pipeline.batches import Batches, DataSource
+from recon.pipeline.config import CompressConfig
 from recon.pipeline.fitting import fit_layer, to_numpy
 from recon.pipeline.observe import observe, observe_asymmetric
 from recon.pipeline.policies import Fixed, Outcome, RankPolicy, RankProblem, TargetSpeedup
@@ -56,7 +57,7 @@ class Compression:
     model: nn.Module
     layers: dict[str, LayerRecord]
     skipped: dict[str, str]
-    config: dict[str, Any]
+    config: CompressConfig
     model_name: str
     model_sha256: str
     outcome: Outcome | None = None
@@ -124,14 +125,20 @@ class _Plan:
     mode: str
     policy: RankPolicy
     layers: list[str]
-    options: SolverOptions
-    config: dict[str, Any]
+    config: CompressConfig
 
 
 def _shapes(model: nn.Module, layers: list[str], example: torch.Tensor | None) -> dict[str, tuple[int, ...]] | None:
+    """Each layer's input shape (without the batch) from one forward pass of the example's first sample."""
     if example is None:
         return None
-    return {name: tuple(x.shape[1:]) for name, x in capture_layer_inputs(model, layers, example[:1]).items()}
+    try:
+        captured = capture_layer_inputs(model, layers, example[:1])
+    except RuntimeError as err:
+        hint = "; do the batches have a batch dimension first?" if example.ndim <= 3 else ""
+        raise DataError(f"the model failed on the first data sample (batch shape {tuple(example.shape)}): {err}{hint}") \
+            from err
+    return {name: tuple(x.shape[1:]) for name, x in captured.items()}
 
 
 def compress(model: nn.Module, data: DataSource | None = None, *, layers: LayerSpec | None = None,
@@ -186,7 +193,7 @@ def compress(model: nn.Module, data: DataSource | None = None, *, layers: LayerS
     def fit(name: str, rank: Any, moments=None) -> LayerRecord:
         moments = moments if moments is not None else (None if symmetric is None else symmetric[name])
         return fit_layer(plan.method, work.get_submodule(name), name, rank, moments, solver,
-                         None if shapes is None else shapes[name], plan.config)
+                         None if shapes is None else shapes[name], plan.config.to_dict())
 
     problem = RankProblem(work, plan.method, plan.layers,
                           {name: plan.method.geometry(work.get_submodule(name)) for name in plan.layers},
@@ -199,7 +206,8 @@ def compress(model: nn.Module, data: DataSource | None = None, *, layers: LayerS
         if chosen.get(name) is None:
             continue
         moments = None
-        if plan.mode == "data" and asymmetric:
+        if plan.mode == "data" and asymmetric and (symmetric is None or any(r.kept for r in records.values())):
+            # until a layer is replaced, the approximated model is the dense one: x_hat = x, symmetric
             moments = observe_asymmetric(work, approx, batches, name, patches_per_image, solver.seed, progress)
         record = fit(name, chosen[name], moments)
         replace_layer(approx, name, record.module)
@@ -241,11 +249,9 @@ def _plan(model, data, layers, method_name, ranks, mode, asymmetric, guard, chan
     _check_input_size(input_size)
     if guard and data is None and input_size is None and not isinstance(policy, TargetSpeedup):
         raise ConfigError("the guard times layers on their real input shapes: give data or input_size")
-    config = {"method": method.name, "mode": mode, "asymmetric": asymmetric, "ranks": policy.describe(),
-              "samples": samples, "patches_per_image": patches_per_image, "guard": guard,
-              "min_speedup": min_speedup, "channels_last": channels_last, "timing_batch": timing_batch,
-              "solver": solver.to_dict()}
-    return _Plan(method, mode, policy, names, solver, config)
+    config = CompressConfig(method.name, mode, asymmetric, policy.describe(), samples, patches_per_image, guard,
+                            min_speedup, channels_last, timing_batch, solver)
+    return _Plan(method, mode, policy, names, config)
 
 
 def _example(policy: RankPolicy, batches: Batches | None, input_size: tuple[int, ...] | None,

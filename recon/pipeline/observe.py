@@ -9,7 +9,8 @@ images, and the data is read once whatever the number of layers.
 
 ``observe_asymmetric`` gathers what the asymmetric objective needs for one layer: the same
 patches seen through the dense model (x) and through the partly approximated one (x_hat),
-E[x_hat x_hat^T] and the cross moment projected on the layer's weights, E[(W x) x_hat^T].
+E[x_hat x_hat^T] and the cross moment projected on the layer's weights, E[(W x) x_hat^T];
+each forward pass stops at the layer.
 Each layer has its own sampler seeded with ``seed``, so the locations drawn for a layer are
 the same in every pass and whatever other layers are observed.
 """
@@ -72,7 +73,9 @@ class PatchSampler:
         cols = (index % out_w)[..., None] * sw + arange(kw, dw)           # (B, k, kw)
         batch = torch.arange(inputs.shape[0], device=inputs.device)[:, None, None, None]
         picked = padded[batch, :, rows[..., None], cols[..., None, :]]  # (B, k, kh, kw, C)
-        return picked.permute(0, 1, 4, 2, 3).reshape(-1, inputs.shape[1] * kh * kw).double()
+        patches = torch.empty(*index.shape, inputs.shape[1], kh, kw, dtype=torch.float64, device=inputs.device)
+        patches.copy_(picked.permute(0, 1, 4, 2, 3))  # reorder and widen in one copy
+        return patches.reshape(-1, inputs.shape[1] * kh * kw)
 
 
 def gram(x: torch.Tensor) -> torch.Tensor:
@@ -162,37 +165,49 @@ def _check_seen(sums: dict[str, _Sums]) -> None:
         raise DataError(f"layer(s) {', '.join(unseen)} never ran while the data went through the model")
 
 
+class _Reached(Exception):
+    """Raised by a pre-hook to end a forward pass once the hooked layer's input is known."""
+
+
+def _input_of(model: nn.Module, layer: str, inputs: torch.Tensor, index: int) -> torch.Tensor:
+    """What ``layer`` receives when ``inputs`` go through ``model``; the pass stops right there,
+    before the layer and everything after it (so a layer called twice gives its first input)."""
+
+    def stop(module: nn.Module, args: tuple) -> None:
+        raise _Reached(args[0].detach())
+
+    handle = model.get_submodule(layer).register_forward_pre_hook(stop)
+    try:
+        _forward(model, inputs, index)
+    except _Reached as reached:
+        return reached.args[0]
+    finally:
+        handle.remove()
+    raise DataError(f"layer {layer} never ran while the data went through the model")
+
+
 def observe_asymmetric(model: nn.Module, approx: nn.Module, batches: Batches, layer: str,
                        patches_per_image: int | None = 32, seed: int = 0, progress: bool = True) -> Moments:
-    """Asymmetric moments of ``layer``: x from ``model``, x_hat from ``approx`` (one pass each per batch)."""
+    """Asymmetric moments of ``layer``: x from ``model``, x_hat from ``approx``; each batch goes
+    through both models up to the layer only."""
     dense_layer = model.get_submodule(layer)
     sampler = PatchSampler(layer, geometry_of(dense_layer), patches_per_image, seed)
     weights = dense_layer.weight.detach().reshape(dense_layer.weight.shape[0], -1).double()
     total = _Sums()
-    captured: dict[str, torch.Tensor] = {}
-    hooks = [_InputHook(dense_layer, lambda x: captured.__setitem__("x", x)),
-             _InputHook(approx.get_submodule(layer), lambda x: captured.__setitem__("x_hat", x))]
     model.eval()
     approx.eval()
-    try:
-        with torch.inference_mode():
-            for index, inputs in _batches(batches, f"statistics of {layer} (asymmetric)", progress):
-                _forward(model, inputs, index)
-                dense_inputs = captured["x"]  # read before the next pass: the two may share modules
-                _forward(approx, inputs, index)
-                locations = sampler.draw(dense_inputs)
-                x = sampler.patches(dense_inputs, locations)
-                x_hat = sampler.patches(captured["x_hat"], locations)
-                outputs = x @ weights.T
-                total.count += x.shape[0]
-                total.add("x", x.sum(0))
-                total.add("x_hat", x_hat.sum(0))
-                total.add("xx_hat", gram(x_hat))
-                total.add("yx_hat", outputs.T @ x_hat)
-                total.add("yy", (outputs * outputs).sum())
-    finally:
-        for hook in hooks:
-            hook.remove()
-    _check_seen({layer: total})
+    with torch.inference_mode():
+        for index, inputs in _batches(batches, f"statistics of {layer} (asymmetric)", progress):
+            dense_inputs = _input_of(model, layer, inputs, index)
+            locations = sampler.draw(dense_inputs)
+            x = sampler.patches(dense_inputs, locations)
+            x_hat = sampler.patches(_input_of(approx, layer, inputs, index), locations)
+            outputs = x @ weights.T
+            total.count += x.shape[0]
+            total.add("x", x.sum(0))
+            total.add("x_hat", x_hat.sum(0))
+            total.add("xx_hat", gram(x_hat))
+            total.add("yx_hat", outputs.T @ x_hat)
+            total.add("yy", (outputs * outputs).sum())
     return Moments(total.count, total.mean("x"), total.mean("x_hat"), total.mean("xx_hat"), total.mean("yx_hat"),
                    float(total.mean("yy")))

@@ -27,11 +27,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from recon.bench.placeholders import placeholder_model
+from recon.bench.placeholders import timing_model
 from recon.bench.timing import median_latencies
 from recon.errors import ConfigError
 from recon.methods import Method
-from recon.nn import Geometry
+from recon.nn import Geometry, LowRankModule
+from recon.pipeline.fitting import to_numpy
 from recon.record import LayerRecord
 from recon.surgery import replace_layer
 from solvers.objectives import Moments
@@ -216,9 +217,18 @@ class TargetSpeedup(RankPolicy):
         aim = self.factor * (1 + self.margin)
         goal, ranks, measured = aim, {o.name: None for o in options}, 0.0
         example = self.example_input.to(next(problem.model.parameters()).device)
+        modules: dict[tuple[str, Any], LowRankModule] = {}
+
+        def quick(name: str, rank: Any) -> LowRankModule:
+            if (name, rank) not in modules:
+                bias = problem.model.get_submodule(name).bias
+                modules[name, rank] = problem.method.build(problem.geometries[name], problem.method.quick_fit(
+                    problem.weights[name], rank), None if bias is None else to_numpy(bias))
+            return modules[name, rank]
+
         for round_index in range(self.rounds):
             ranks, predicted = allocate(options, other, goal, ranks)
-            timed = placeholder_model(problem.model, problem.method, problem.geometries, ranks)
+            timed = timing_model(problem.model, {name: quick(name, rank) for name, rank in ranks.items() if rank})
             dense_time, low_time = median_latencies([problem.model, timed], example, self.repeats,
                                                     channels_last=self.channels_last)
             measured = dense_time / low_time

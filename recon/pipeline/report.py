@@ -38,6 +38,6 @@ def table(result: "Compression") -> str:
     if result.dense_layers:
         lines.append(f"kept dense (the rank policy found they do not pay): {', '.join(result.dense_layers)}")
     if result.skipped:
-        lines.append("not replaceable by " + result.config["method"] + ": "
+        lines.append("not replaceable by " + result.config.method + ": "
                      + "; ".join(f"{name} ({why})" for name, why in result.skipped.items()))
     return "\n".join(lines)
