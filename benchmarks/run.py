@@ -2,8 +2,8 @@
 its section of RESULTS.md."""
 from __future__ import annotations
 
-from benchmarks import (accuracy, accuracy_vs_speedup, forward_variants, guard, inference_speed, solver_devices,
-                        solver_vs_cvxpy, target_speedup)
+from benchmarks import (accuracy, accuracy_vs_speedup, degenerate, forward_variants, guard, inference_speed,
+                        solver_devices, solver_vs_cvxpy, statistics, target_speedup)
 
 
 def main() -> None:
@@ -15,6 +15,8 @@ def main() -> None:
     target_speedup.main([])
     guard.main([])
     accuracy_vs_speedup.main([])
+    statistics.main(["--per-layer"])
+    degenerate.main([])
 
 
 if __name__ == "__main__":

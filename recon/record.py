@@ -10,6 +10,7 @@ import numpy as np
 from recon.bench.guard import GuardDecision
 from recon.nn import Geometry, LowRankModule
 from recon.nn.base import Rank
+from solvers.conditioning import Conditioning
 
 
 @dataclass
@@ -20,6 +21,8 @@ class LayerRecord:
     not reconstructed); ``output_variance_lost`` = E||y_hat - y||^2 / E||y - E y||^2 on the
     fitting statistics (the fraction of the layer's output variance not reconstructed; NaN
     without statistics). Both are squared: their square roots are the relative norm errors.
+    ``statistics`` says how well the input statistics determine the fit (data mode);
+    ``dense_reason`` why the dense layer was kept instead (the guard, or too much output lost).
     """
 
     name: str
@@ -37,13 +40,15 @@ class LayerRecord:
     macs: int | None = None
     fit_seconds: float = math.nan
     guard: GuardDecision | None = None
+    statistics: Conditioning | None = None
+    dense_reason: str | None = None
     config: dict[str, Any] = field(default_factory=dict)
     history: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def kept(self) -> bool:
-        """False when the guard measured the low-rank module no faster and kept the dense layer."""
-        return self.guard is None or self.guard.kept
+        """False when the dense layer was kept instead (see ``dense_reason``)."""
+        return self.dense_reason is None
 
     @property
     def theoretical_speedup(self) -> float:

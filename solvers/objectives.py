@@ -156,18 +156,31 @@ def check_moments(moments: Moments, dim: int, outputs: int) -> None:
         raise ProblemError(f"statistics were gathered from {moments.count} patches; need at least 1")
 
 
-def data_objective(weights: np.ndarray, moments: Moments, dtype=jnp.float32) -> Quadratic:
-    """Output-matching loss with bias refit (see module docstring) as a Quadratic."""
+def data_objective(weights: np.ndarray, moments: Moments, ridge: float = 0.0, dtype=jnp.float32) -> Quadratic:
+    """Output-matching loss with bias refit (see module docstring) as a Quadratic, plus the
+    ridge rho ||W_hat - W||_F^2 toward the original weights, rho = ``ridge`` * tr(Cov(x_hat)) / D
+    (``ridge`` times the mean input variance, so one setting means the same for every layer).
+
+    The data term cannot see input directions the statistics do not vary in (duplicated or
+    constant channels, fewer patches than dimensions): alone it leaves the weights free there,
+    and a solve can return weights far from, and much larger than, the original ones. The
+    ridge keeps those directions at the original weights and changes little elsewhere. The
+    loss is normalised by its value at W_hat = 0, E||W x - E W x||^2 + rho ||W||^2.
+    """
     weights = check_weights(weights)
     flat = weights.reshape(weights.shape[0], -1).astype(np.float64)
     check_moments(moments, flat.shape[1], flat.shape[0])
-    scale = moments.output_variance(flat)
+    if not (np.isfinite(ridge) and ridge >= 0):
+        raise ProblemError(f"ridge must be a finite number >= 0, got {ridge}")
+    covariance_hat = moments.covariance_hat()
+    rho = ridge * float(np.trace(covariance_hat)) / flat.shape[1]
+    norm = float(np.sqrt(np.vdot(flat, flat)))
+    scale = moments.output_variance(flat) + rho * norm * norm
     if not scale > 0:
         raise ProblemError("the layer's outputs do not vary on these statistics (output variance 0)")
-    norm = float(np.sqrt(np.vdot(flat, flat)))
-    a_matrix = moments.covariance_hat() * (norm * norm / scale)
+    a_matrix = (covariance_hat + rho * np.eye(flat.shape[1])) * (norm * norm / scale)
     top = float(np.linalg.eigvalsh(a_matrix)[-1])
-    b_matrix = moments.output_covariance(flat) * (norm / scale)
+    b_matrix = (moments.output_covariance(flat) + rho * flat) * (norm / scale)
     return Quadratic(B=jnp.asarray(b_matrix, dtype), A=jnp.asarray(a_matrix, dtype),
                      lipschitz=jnp.asarray(top, dtype), weight_scale=jnp.asarray(norm, dtype))
 

@@ -6,7 +6,8 @@ fits Scheme 2 with data reconstruction to conv2 of the bundled fmnist-alexnet on
 Fashion-MNIST training images and writes bases/fmnist-alexnet.h5 (existing layers of that
 file are kept). Every argument is checked before any work; the file is rewritten atomically
 after every layer, so an interrupted run keeps what was saved before it. A thin shell over
-``recon.compress``: every option is one of its arguments.
+``recon.compress``: every option is one of its arguments. Exit status: 0 done, 2 bad input,
+3 --target-speedup missed (the bases are saved), 130 interrupted.
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ from solvers.schedule import LambdaSchedule
 
 LOG = logging.getLogger("recon")
 SCHEDULE = LambdaSchedule()
+TARGET_MISSED = 3  # exit status when --target-speedup was not reached (the bases are saved all the same)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,6 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--lbfgs-iterations", type=common.positive_int, default=200,
                      help="scheme2 data mode: L-BFGS iterations")
     how.add_argument("--cp-iterations", type=common.positive_int, default=200, help="cp: ALS iterations")
+    how.add_argument("--ridge", type=common.nonnegative_float, default=SolverOptions.ridge,
+                     help="data mode: weight of ||W_hat - W||^2 (times the mean input variance) added to the output "
+                     "error, so input directions the data never varies in stay at the original weights; 0: none")
+    how.add_argument("--max-output-loss", type=common.positive_float, default=0.3,
+                     help="flag layers that lose more than this fraction of their output variance")
+    how.add_argument("--dense-when-lossy", action="store_true",
+                     help="keep the dense layer wherever the output variance lost exceeds --max-output-loss")
     schedule = parser.add_argument_group("scheme1 lambda schedule (relative units)")
     schedule.add_argument("--lambda-min", type=common.positive_float, default=SCHEDULE.lambda_min)
     schedule.add_argument("--lambda-max", type=common.positive_float, default=SCHEDULE.lambda_max)
@@ -183,6 +192,8 @@ def _report(args: argparse.Namespace, model: torch.nn.Module, result: Compressio
     print(result.table())
     if result.outcome is not None:
         print(f"whole model: {result.outcome.description}")
+        if not result.outcome.met:
+            print(f"error: {result.outcome.description}", file=sys.stderr)
     if args.eval:
         test = sources.fashion_mnist("test", None, batch_size=500)()
         dense, low = accuracy(model, test, progress=True), accuracy(result.model, test, progress=True)
@@ -218,10 +229,11 @@ def fit(args: argparse.Namespace) -> int:
         model, data, layers=args.layer, method=method.name, ranks=policy, mode=mode, asymmetric=args.asymmetric,
         guard=args.guard, channels_last=args.channels_last, input_size=input_size, samples=args.samples,
         patches_per_image=args.patches_per_image or None,
-        solver=SolverOptions(args.lbfgs_iterations, schedule, args.cp_iterations, args.seed),
-        min_speedup=args.min_speedup, timing_batch=args.guard_batch, model_name=args.model, on_layer=save)
+        solver=SolverOptions(args.lbfgs_iterations, schedule, args.cp_iterations, args.seed, args.ridge),
+        min_speedup=args.min_speedup, timing_batch=args.guard_batch, max_output_loss=args.max_output_loss,
+        dense_when_lossy=args.dense_when_lossy, model_name=args.model, on_layer=save)
     _report(args, model, result)
-    return 0
+    return TARGET_MISSED if result.outcome is not None and not result.outcome.met else 0
 
 
 def main(argv: list[str] | None = None) -> int:

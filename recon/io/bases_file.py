@@ -6,7 +6,8 @@
    attrs: method, rank, mode, bias (bool), kind ("conv" | "linear") and the geometry,
           filter_energy_lost, output_variance_lost, fit_seconds, weight_sha256, bias_sha256,
           config (JSON of the fit settings), and when known input_shape, dense_macs, macs,
-          guard_dense_ms, guard_low_rank_ms
+          guard_dense_ms, guard_low_rank_ms, statistics_{patches, dim, effective_rank,
+          condition, unseen} (data mode: how well the input statistics determine the fit)
    datasets: the module's state_dict, by name; history/ (per-stage solver diagnostics)
 ```
 
@@ -37,6 +38,7 @@ from recon.io.atomic import exclusive, replace_atomically, resolve
 from recon.nn import ConvGeometry, Geometry, LinearGeometry, LowRankModule
 from recon.record import LayerRecord
 from recon.version import __version__
+from solvers.conditioning import Conditioning
 
 FORMAT = "recon.bases"
 VERSION = 2
@@ -139,6 +141,8 @@ def _write_layer(group: h5py.Group, record: LayerRecord) -> None:
         attrs.update(dense_macs=record.dense_macs, macs=record.macs)
     if record.guard is not None:
         attrs.update(guard_dense_ms=record.guard.dense_ms, guard_low_rank_ms=record.guard.low_rank_ms)
+    if record.statistics is not None:
+        attrs.update({f"statistics_{key}": value for key, value in record.statistics._asdict().items()})
     group.attrs.update(attrs)
     for name, tensor in record.module.state_dict().items():
         group.create_dataset(name, data=tensor.detach().cpu().float().numpy())
@@ -204,7 +208,15 @@ def _read_layer_v2(name: str, group: h5py.Group, at: str) -> LayerRecord:
         output_variance_lost=attrs.get("output_variance_lost", float),
         input_shape=attrs.optional("input_shape", _shape), dense_macs=attrs.optional("dense_macs", int),
         macs=attrs.optional("macs", int), fit_seconds=attrs.get("fit_seconds", float), guard=guard,
+        statistics=_read_statistics(attrs),
         config=attrs.get("config", json.loads), history=_datasets(group["history"]) if "history" in group else {})
+
+
+def _read_statistics(attrs: _Reader) -> Conditioning | None:
+    if not attrs.has("statistics_patches"):
+        return None
+    kinds = dict(zip(Conditioning._fields, (int, int, float, float, int)))
+    return Conditioning(**{key: attrs.get(f"statistics_{key}", kind) for key, kind in kinds.items()})
 
 
 def _method(attrs: _Reader, name: str) -> methods.Method:

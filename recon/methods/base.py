@@ -25,17 +25,25 @@ from solvers.schedule import LambdaSchedule
 
 @dataclasses.dataclass(frozen=True)
 class SolverOptions:
-    """Settings of the iterative solvers (the defaults fit the bundled model's layers)."""
+    """Settings of the solvers (the defaults fit the bundled model's layers).
+
+    ``ridge``: data mode adds ridge * (mean input variance) * ||W_hat - W||^2 to the output
+    error, so input directions the statistics do not see stay at the original weights
+    (``solvers.objectives.data_objective``); 0 is the plain data objective.
+    """
 
     lbfgs_iterations: int = 200
     schedule: LambdaSchedule = LambdaSchedule()
     cp_iterations: int = 200
     seed: int = 0
+    ridge: float = 1e-3
 
     def __post_init__(self) -> None:
         for name in ("lbfgs_iterations", "cp_iterations"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not (np.isfinite(self.ridge) and self.ridge >= 0):
+            raise ConfigError(f"ridge must be a finite number >= 0, got {self.ridge}")
         try:
             self.schedule.validate()
         except ValueError as err:
@@ -43,12 +51,7 @@ class SolverOptions:
 
     def to_dict(self) -> dict[str, Any]:
         return {"lbfgs_iterations": self.lbfgs_iterations, "schedule": self.schedule._asdict(),
-                "cp_iterations": self.cp_iterations, "seed": self.seed}
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "SolverOptions":
-        return cls(values["lbfgs_iterations"], LambdaSchedule(**values["schedule"]), values["cp_iterations"],
-                   values["seed"])
+                "cp_iterations": self.cp_iterations, "seed": self.seed, "ridge": self.ridge}
 
 
 class Fitted(NamedTuple):

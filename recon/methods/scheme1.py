@@ -28,7 +28,7 @@ class Scheme1(Method):
         return f"M <= kh*kw = {self.max_rank(geometry)}: more bases than kernel entries cannot help"
 
     def fit(self, weights: np.ndarray, rank: int, moments: Moments | None, options: SolverOptions) -> Fitted:
-        quad = filter_objective(weights) if moments is None else data_objective(weights, moments)
+        quad = filter_objective(weights) if moments is None else data_objective(weights, moments, options.ridge)
         result = scheme1.fit(weights.astype(np.float32), quad, rank, options.schedule)
         history = {"lambda": np.array([s.lam[0] for s in result.stages]),
                    "objective": np.array([s.objective[0] for s in result.stages]),

@@ -29,7 +29,7 @@ class Scheme2(Method):
         return f"K <= min(C*kh, N*kw) = min({c * kh}, {n * kw})"
 
     def fit(self, weights: np.ndarray, rank: int, moments: Moments | None, options: SolverOptions) -> Fitted:
-        quad = None if moments is None else data_objective(weights, moments)
+        quad = None if moments is None else data_objective(weights, moments, options.ridge)
         result = scheme2.fit(weights.astype(np.float32), rank, quad, options.lbfgs_iterations)
         return Fitted({"vertical": result.vertical, "horizontal": result.horizontal}, rank, {})
 

@@ -43,6 +43,7 @@ from recon.surgery import replace_layer
 
 LOG = logging.getLogger("recon")
 MODES = ("filter", "data")
+FEW_PATCHES_PER_DIM = 10  # fewer patches per input dimension than this: statistics too thin to trust
 
 
 @dataclass
@@ -146,8 +147,9 @@ def compress(model: nn.Module, data: DataSource | None = None, *, layers: LayerS
              guard: bool = False, channels_last: bool = False, device: str | torch.device | None = None,
              input_size: tuple[int, ...] | None = None, samples: int | None = None,
              patches_per_image: int | None = 32, solver: SolverOptions = SolverOptions(),
-             min_speedup: float = MIN_SPEEDUP, timing_batch: int = 32, model_name: str | None = None,
-             progress: bool = True, on_layer: Callable[[LayerRecord], None] | None = None) -> Compression:
+             min_speedup: float = MIN_SPEEDUP, timing_batch: int = 32, max_output_loss: float = 0.3,
+             dense_when_lossy: bool = False, model_name: str | None = None, progress: bool = True,
+             on_layer: Callable[[LayerRecord], None] | None = None) -> Compression:
     """Replace layers of ``model`` by low-rank modules; ``model`` itself is not changed.
 
     Args:
@@ -171,6 +173,8 @@ def compress(model: nn.Module, data: DataSource | None = None, *, layers: LayerS
       patches_per_image: patch locations sampled per sample for statistics (None: all).
       solver: settings of the iterative solvers (and the sampling seed).
       timing_batch: batch size of the guard's timing input.
+      max_output_loss: a layer losing more of its output variance than this is flagged in the
+        table (data mode); with ``dense_when_lossy`` it is kept dense instead.
       model_name: what the bases file calls the model (default: its class name).
       progress: progress bars; per-layer events go to the ``recon`` logger.
       on_layer: called with each kept layer's record as soon as it is fitted (e.g. to save).
@@ -178,7 +182,7 @@ def compress(model: nn.Module, data: DataSource | None = None, *, layers: LayerS
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     plan = _plan(model, data, layers, method, ranks, mode, asymmetric, guard, channels_last, input_size, samples,
-                 patches_per_image, solver, min_speedup, timing_batch)
+                 patches_per_image, solver, min_speedup, timing_batch, max_output_loss, dense_when_lossy)
     home = next(model.parameters()).device
     work = copy.deepcopy(model).to(device or home).eval()
     batches = None if data is None else Batches(data, samples, next(work.parameters()).device,
@@ -210,15 +214,17 @@ def compress(model: nn.Module, data: DataSource | None = None, *, layers: LayerS
             # until a layer is replaced, the approximated model is the dense one: x_hat = x, symmetric
             moments = observe_asymmetric(work, approx, batches, name, patches_per_image, solver.seed, progress)
         record = fit(name, chosen[name], moments)
-        replace_layer(approx, name, record.module)
-        if name in guard_inputs:
+        _warn_about_statistics(record, solver.ridge)
+        if record.output_variance_lost > max_output_loss and dense_when_lossy:
+            record.dense_reason = f"output variance lost {record.output_variance_lost:.3f} > {max_output_loss:g}"
+        elif name in guard_inputs:
             record.guard = time_replacement(work.get_submodule(name), record.module, guard_inputs[name], name,
                                             min_speedup, channels_last=channels_last)
-            if not record.kept:
-                replace_layer(approx, name, copy.deepcopy(work.get_submodule(name)))
+            record.dense_reason = None if record.guard.kept else f"guard: {record.guard.speedup:.2f}x is not faster"
+        replace_layer(approx, name, record.module if record.kept else copy.deepcopy(work.get_submodule(name)))
         records[name] = record
         LOG.info("%s: %s rank %s fitted in %.2f s%s", name, record.method, record.rank, record.fit_seconds,
-                 "" if record.kept else " (kept dense by the guard)")
+                 "" if record.kept else f" (dense kept: {record.dense_reason})")
         if record.kept and on_layer is not None:
             on_layer(record)
     outcome = plan.policy.outcome(work, approx)
@@ -229,8 +235,23 @@ def compress(model: nn.Module, data: DataSource | None = None, *, layers: LayerS
                        model_sha256(model), outcome, [name for name in plan.layers if chosen.get(name) is None])
 
 
+def _warn_about_statistics(record: LayerRecord, ridge: float) -> None:
+    """Warn, naming the layer, when its statistics are too thin or blind to some input directions."""
+    stats = record.statistics
+    if stats is None:
+        return
+    if stats.patches_per_dim < FEW_PATCHES_PER_DIM:
+        LOG.warning("warning: %s: statistics from %d patches for %d input dimensions (%.1f per dimension, fewer "
+                    "than %d): the fit may follow noise; give more samples or patches per image",
+                    record.name, stats.patches, stats.dim, stats.patches_per_dim, FEW_PATCHES_PER_DIM)
+    if stats.unseen:
+        kept = "the ridge keeps them at the original weights" if ridge > 0 else "with ridge 0 the fit is free there"
+        LOG.warning("warning: %s: the inputs never vary in %d of %d directions (effective rank %.1f); %s",
+                    record.name, stats.unseen, stats.dim, stats.effective_rank, kept)
+
+
 def _plan(model, data, layers, method_name, ranks, mode, asymmetric, guard, channels_last, input_size, samples,
-          patches_per_image, solver, min_speedup, timing_batch) -> _Plan:
+          patches_per_image, solver, min_speedup, timing_batch, max_output_loss, dense_when_lossy) -> _Plan:
     """Every argument checked, the layers selected and the ranks validated: before any work."""
     method = methods.get(method_name)
     mode = _resolve_mode(mode, data, method, asymmetric)
@@ -244,13 +265,14 @@ def _plan(model, data, layers, method_name, ranks, mode, asymmetric, guard, chan
                                   ("timing_batch", timing_batch, 1)):
         if value is not None and (not isinstance(value, int) or value < minimum):
             raise ConfigError(f"{label} must be a whole number >= {minimum}, got {value!r}")
-    if not (isinstance(min_speedup, (int, float)) and math.isfinite(min_speedup) and min_speedup > 0):
-        raise ConfigError(f"min_speedup must be a positive number, got {min_speedup!r}")
+    for label, value in (("min_speedup", min_speedup), ("max_output_loss", max_output_loss)):
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            raise ConfigError(f"{label} must be a positive number, got {value!r}")
     _check_input_size(input_size)
     if guard and data is None and input_size is None and not isinstance(policy, TargetSpeedup):
         raise ConfigError("the guard times layers on their real input shapes: give data or input_size")
     config = CompressConfig(method.name, mode, asymmetric, policy.describe(), samples, patches_per_image, guard,
-                            min_speedup, channels_last, timing_batch, solver)
+                            min_speedup, channels_last, timing_batch, max_output_loss, dense_when_lossy, solver)
     return _Plan(method, mode, policy, names, config)
 
 

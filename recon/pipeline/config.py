@@ -22,6 +22,8 @@ class CompressConfig:
     min_speedup: float
     channels_last: bool
     timing_batch: int
+    max_output_loss: float
+    dense_when_lossy: bool
     solver: SolverOptions
 
     def to_dict(self) -> dict[str, Any]:

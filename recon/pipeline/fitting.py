@@ -15,6 +15,7 @@ from recon.io.hashing import layer_sha256
 from recon import methods
 from recon.methods import Method, SolverOptions
 from recon.record import LayerRecord
+from solvers.conditioning import conditioning
 from solvers.errors import DivergenceError, ProblemError
 from solvers.objectives import Moments, data_relative_error, filter_relative_error, refit_bias
 
@@ -53,6 +54,7 @@ def fit_layer(method: Method, layer: nn.Module, name: str, rank: Any, moments: M
     module = method.build(geometry, fitted, bias_hat)
     output_lost = math.nan if moments is None else data_relative_error(weights, bias, w_hat, bias_hat, moments)
     weight_hash, bias_hash = layer_sha256(layer)
+    statistics = None if moments is None else conditioning(moments.covariance_hat(), moments.count)
     return LayerRecord(
         name=name, method=method.name, rank=fitted.rank, mode="filter" if moments is None else "data",
         geometry=geometry, module=module.to(device=layer.weight.device, dtype=layer.weight.dtype).eval(),
@@ -60,7 +62,7 @@ def fit_layer(method: Method, layer: nn.Module, name: str, rank: Any, moments: M
         filter_energy_lost=filter_relative_error(weights, w_hat), output_variance_lost=output_lost,
         input_shape=input_shape, dense_macs=None if input_shape is None else geometry.dense_macs(input_shape),
         macs=None if input_shape is None else module.macs(input_shape), fit_seconds=seconds,
-        config=config or {}, history=fitted.history)
+        statistics=statistics, config=config or {}, history=fitted.history)
 
 
 def decompose(layer: nn.Module, rank: Any, method: str | Method = "scheme2", moments: Moments | None = None,

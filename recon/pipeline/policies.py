@@ -195,6 +195,7 @@ class TargetSpeedup(RankPolicy):
             raise ConfigError("margin must be >= 0 and rounds, repeats >= 1")
         self.factor, self.example_input, self.channels_last = float(factor), example_input, channels_last
         self.margin, self.rounds, self.repeats = margin, rounds, repeats
+        self.best_searched = 0.0  # the best whole-model speedup the last search measured
 
     def _options(self, problem: RankProblem) -> tuple[list[_LayerOptions], int]:
         from recon.bench.macs import layer_macs
@@ -213,6 +214,7 @@ class TargetSpeedup(RankPolicy):
 
     def choose(self, problem: RankProblem) -> dict[str, Any]:
         options, other = self._options(problem)
+        self.best_searched = 0.0
         allocate = _greedy if all(o.errors is not None for o in options) else _uniform
         aim = self.factor * (1 + self.margin)
         goal, ranks, measured = aim, {o.name: None for o in options}, 0.0
@@ -232,6 +234,7 @@ class TargetSpeedup(RankPolicy):
             dense_time, low_time = median_latencies([problem.model, timed], example, self.repeats,
                                                     channels_last=self.channels_last)
             measured = dense_time / low_time
+            self.best_searched = max(self.best_searched, measured)
             problem.report(f"rank search round {round_index + 1}: predicted {predicted:.2f}x (MACs), "
                            f"measured {measured:.2f}x -> {ranks}")
             if measured >= aim:
@@ -244,9 +247,12 @@ class TargetSpeedup(RankPolicy):
         t_dense, t_low = median_latencies([dense, approx], example, self.repeats, channels_last=self.channels_last)
         measured = t_dense / t_low
         layout = "channels_last" if self.channels_last else "NCHW"
-        return Outcome(self.factor, measured, measured >= self.factor,
-                       f"target {self.factor:.2f}x, measured {measured:.2f}x "
-                       f"(batch {len(self.example_input)}, {layout}, fitted bases)")
+        where = f"batch {len(self.example_input)}, {layout}, fitted bases"
+        if measured >= self.factor:
+            return Outcome(self.factor, measured, True, f"target {self.factor:.2f}x met: measured {measured:.2f}x ({where})")
+        return Outcome(self.factor, measured, False,
+                       f"target {self.factor:.2f}x missed: measured {measured:.2f}x ({where}); the best the rank search "
+                       f"measured was {self.best_searched:.2f}x")
 
     def describe(self) -> dict[str, Any]:
         return {"policy": "target_speedup", "factor": self.factor, "batch": len(self.example_input),

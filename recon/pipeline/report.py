@@ -4,40 +4,56 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
+from recon.record import LayerRecord
+
 if TYPE_CHECKING:
     from recon.pipeline.compress import Compression
 
-COLUMNS = ("layer", "method", "rank", "mode", "weight energy lost", "output var. lost", "MACs speedup",
-           "measured", "fit s")
+COLUMNS = ("layer", "method", "rank", "mode", "weight energy lost", "output var. lost", "eff. rank", "patches/dim",
+           "MACs speedup", "measured", "fit s")
 
 
-def _number(value: float, digits: int = 4) -> str:
+def _number(value: float | None, digits: int = 4) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
 
+def _row(record: LayerRecord, max_output_loss: float) -> tuple[str, ...]:
+    stats = record.statistics
+    lossy = "!" if record.output_variance_lost > max_output_loss else ""
+    measured = "-" if record.guard is None else f"{record.guard.speedup:.2f}x"
+    speedup = "-" if math.isnan(record.theoretical_speedup) else f"{record.theoretical_speedup:.2f}x"
+    return (record.name, record.method, str(record.rank), record.mode if record.kept else "dense kept",
+            _number(record.filter_energy_lost), _number(record.output_variance_lost) + lossy,
+            "-" if stats is None else f"{stats.effective_rank:.0f}/{stats.dim}",
+            "-" if stats is None else f"{stats.patches_per_dim:.0f}", speedup, measured, _number(record.fit_seconds, 2))
+
+
 def table(result: "Compression") -> str:
-    """One row per fitted layer, then the layers left dense and why.
+    """One row per fitted layer, then what needs the reader's attention.
 
     "weight energy lost" = ||W_hat - W||^2 / ||W||^2, "output var. lost" = the fraction of
-    the layer's output variance not reconstructed on the statistics; "MACs speedup" = dense /
-    low-rank multiply-adds on the layer's input shape; "measured" = the guard's timing.
+    the layer's output variance not reconstructed on the statistics (! above the
+    ``max_output_loss`` setting); "eff. rank" = the input covariance's effective rank of D,
+    "patches/dim" = patches per input dimension behind it; "MACs speedup" = dense / low-rank
+    multiply-adds on the layer's input shape; "measured" = the guard's timing.
     """
-    rows = []
-    for record in result.layers.values():
-        measured = "-" if record.guard is None else (
-            f"{record.guard.speedup:.2f}x" + ("" if record.kept else " dense kept"))
-        speedup = "-" if math.isnan(record.theoretical_speedup) else f"{record.theoretical_speedup:.2f}x"
-        rows.append((record.name, record.method, str(record.rank), record.mode, _number(record.filter_energy_lost),
-                     _number(record.output_variance_lost), speedup, measured, _number(record.fit_seconds, 2)))
+    limit = result.config.max_output_loss
+    rows = [_row(record, limit) for record in result.layers.values()]
     widths = [max(len(header), *(len(row[i]) for row in rows)) if rows else len(header)
               for i, header in enumerate(COLUMNS)]
     line = lambda cells: "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(cells, widths)))
     lines = [line(COLUMNS), "-" * len(line(COLUMNS))] + [line(row) for row in rows]
+    lossy = [f"{r.name} ({r.output_variance_lost:.2f})" for r in result.layers.values() if r.output_variance_lost > limit]
+    if lossy:
+        lines.append(f"! output variance lost above {limit:g}: {', '.join(lossy)}")
+    dense = [f"{r.name} ({r.dense_reason})" for r in result.layers.values() if not r.kept]
+    if dense:
+        lines.append(f"dense layer kept instead: {'; '.join(dense)}")
     if any(record.input_shape is None for record in result.layers.values()):
         lines.append("MACs: no data and no input_size were given, so layer input shapes are unknown")
     if result.dense_layers:
         lines.append(f"kept dense (the rank policy found they do not pay): {', '.join(result.dense_layers)}")
     if result.skipped:
-        lines.append("not replaceable by " + result.config.method + ": "
+        lines.append(f"not replaceable by {result.config.method}: "
                      + "; ".join(f"{name} ({why})" for name, why in result.skipped.items()))
     return "\n".join(lines)
