@@ -1,10 +1,14 @@
-"""The bundled reference model: an AlexNet-style CNN for 28x28 grey images.
+"""The bundled reference models, for 28x28 grey images.
 
-The five convolutions are attributes ``conv1`` ... ``conv5`` so that ``--layer conv2``
-addresses one. ``conv2`` is the 5x5, 64->128 layer that the demo decomposes; conv3..conv5
-are 3x3 layers with 192 channels. Training uses batch normalisation after each convolution;
-``fold_batchnorm`` merges it into the convolution's weight and bias, so the shipped model is
-a plain conv/ReLU/max-pool network whose convolutions are the layers users decompose.
+``FmnistAlexNet``: an AlexNet-style CNN whose five convolutions are attributes ``conv1`` ...
+``conv5`` so that ``--layer conv2`` addresses one. ``conv2`` is the 5x5, 64->128 layer that
+the demo decomposes; conv3..conv5 are 3x3 layers with 192 channels. Training uses batch
+normalisation after each convolution; ``fold_batchnorm`` merges it into the convolution's
+weight and bias, so the shipped model is a plain conv/ReLU/max-pool network.
+
+``FmnistResNet``: a ResNet-20 in the CIFAR style of He et al. (2016) as real networks are
+built: BatchNorm after every convolution kept as a module, residual additions, stride-2
+downsampling with 1x1 projection shortcuts, global average pooling.
 """
 from __future__ import annotations
 
@@ -60,3 +64,71 @@ def fold_batchnorm(trained: FmnistAlexNet) -> FmnistAlexNet:
         else:
             target.load_state_dict(conv.state_dict())
     return plain.eval()
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convs with BatchNorm and ReLU around a residual addition. When the block changes
+    width or stride the shortcut is a 1x1 projection with BatchNorm ("projection") or the
+    subsampled input padded with zero channels ("pad", He et al.'s parameter-free option A)."""
+
+    def __init__(self, inputs: int, outputs: int, stride: int, shortcut: str = "projection") -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(inputs, outputs, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(outputs)
+        self.conv2 = nn.Conv2d(outputs, outputs, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(outputs)
+        self.relu = nn.ReLU(inplace=True)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or inputs != outputs:
+            self.shortcut = (nn.Sequential(nn.Conv2d(inputs, outputs, 1, stride, bias=False), nn.BatchNorm2d(outputs))
+                             if shortcut == "projection" else PadShortcut(outputs - inputs, stride))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        return self.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class PadShortcut(nn.Module):
+    """The input subsampled by ``stride`` and padded with ``extra`` zero channels."""
+
+    def __init__(self, extra: int, stride: int) -> None:
+        super().__init__()
+        self.extra, self.stride = extra, stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.pad(x[:, :, :: self.stride, :: self.stride], (0, 0, 0, 0, 0, self.extra))
+
+
+class ResNet(nn.Module):
+    """The CIFAR ResNets of He et al. (2016): a 3x3 conv, three stages of ``blocks`` basic blocks
+    (``width``, 2x, 4x channels; stride 2 into stages 2 and 3), global average pool, linear."""
+
+    def __init__(self, in_channels: int, width: int, blocks: int, shortcut: str = "projection",
+                 num_classes: int = 10) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, width, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.relu = nn.ReLU(inplace=True)
+        stages, inputs = [], width
+        for index in range(3):
+            outputs = width * 2 ** index
+            stages.append(nn.Sequential(*[BasicBlock(inputs if block == 0 else outputs, outputs,
+                                                     2 if index and block == 0 else 1, shortcut)
+                                          for block in range(blocks)]))
+            inputs = outputs
+        self.layer1, self.layer2, self.layer3 = stages
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(inputs, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+class FmnistResNet(ResNet):
+    """ResNet-20 for 1x28x28 images with 32/64/128 channels on 28, 14 and 7 pixels and 1x1
+    projection shortcuts: 19 3x3 convs, 2 1x1 convs, BatchNorm kept as modules."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__(1, 32, 3, "projection", num_classes)
