@@ -37,7 +37,8 @@ class Moments(NamedTuple):
     The asymmetric form adds, projected on the layer's own weights W (N, D):
     output_cross (N, D) = E[(W x) x_hat^T] and output_energy = E||W x||^2, which is all the
     objective needs of E[x x_hat^T] and E[x x^T], at N/D of their cost. Both are None in the
-    symmetric form, where they follow from second_hat.
+    symmetric form, where they follow from second_hat. For a grouped convolution every array
+    carries a leading group axis (each group's inputs and outputs alone); ``group`` picks one.
     """
 
     count: int
@@ -55,6 +56,19 @@ class Moments(NamedTuple):
     @property
     def is_symmetric(self) -> bool:
         return self.output_cross is None
+
+    @property
+    def groups(self) -> int:
+        """G when the arrays carry a leading group axis (a grouped convolution's groups), else 1."""
+        return 1 if np.ndim(self.mean) == 1 else int(np.shape(self.mean)[0])
+
+    def group(self, index: int) -> "Moments":
+        """The moments of group ``index`` (the moments themselves when not grouped)."""
+        if np.ndim(self.mean) == 1:
+            return self
+        pick = lambda value: None if value is None else value[index]
+        return Moments(self.count, self.mean[index], self.mean_hat[index], self.second_hat[index],
+                       pick(self.output_cross), pick(self.output_energy))
 
     @property
     def dim(self) -> int:
@@ -114,14 +128,10 @@ def quadratic_trace(left: np.ndarray, matrix: np.ndarray, right: np.ndarray) -> 
 
 
 def check_weights(weights: np.ndarray) -> np.ndarray:
-    """Validate a 4-D conv weight (N, C, kh, kw): finite, non-zero, something to separate."""
+    """Validate a 4-D conv weight (N, C, kh, kw): finite and not all zero."""
     weights = np.asarray(weights)
     if weights.ndim != 4:
         raise ProblemError(f"weights must be 4-D (out, in, kh, kw), got shape {weights.shape}")
-    if weights.shape[2] < 2 and weights.shape[3] < 2:
-        raise ProblemError(
-            f"kernel {weights.shape[2]}x{weights.shape[3]} has nothing to separate; "
-            "low-rank expansion needs a kernel larger than 1x1")
     if not np.all(np.isfinite(weights)):
         raise ProblemError("weights contain NaN or infinite values")
     if not np.any(weights):
@@ -217,3 +227,10 @@ def data_relative_error(weights: np.ndarray, bias: np.ndarray | None, w_hat: np.
            + quadratic_trace(flat_hat, moments.second_hat, flat_hat)
            + 2 * delta @ (flat @ moments.mean - flat_hat @ moments.mean_hat) + delta @ delta)
     return float(err / moments.output_variance(flat))
+
+
+def stack_quadratics(quads: list[Quadratic]) -> Quadratic:
+    """One Quadratic with a leading batch axis from several of equal shapes and kind."""
+    if len({q.A is None for q in quads}) != 1:
+        raise ProblemError("cannot batch filter- and data-reconstruction problems together")
+    return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *quads)

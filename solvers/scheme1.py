@@ -31,7 +31,7 @@ import optax
 from solvers import prox
 from solvers.errors import DivergenceError, ProblemError
 from solvers.linear import solve_shared_design
-from solvers.objectives import Quadratic, check_weights
+from solvers.objectives import Quadratic, check_weights, stack_quadratics
 from solvers.parallel import shard_leading_axis
 from solvers.schedule import LambdaSchedule
 
@@ -70,6 +70,8 @@ def max_bases(shape: tuple[int, ...]) -> int:
 
 def check_bases(shape: tuple[int, ...], num_bases: int) -> None:
     """Raise ValueError unless 1 <= num_bases <= max_bases(shape)."""
+    if shape[2] == shape[3] == 1:
+        raise ProblemError(f"a 1x1 kernel has nothing to separate (weights of shape {tuple(shape)})")
     top = max_bases(shape)
     if not 1 <= num_bases <= top:
         raise ProblemError(
@@ -224,13 +226,6 @@ def _finish(factors, weight_scale: np.ndarray, final_lambda: np.ndarray, stages:
         raise DivergenceError("Scheme 1 coefficient refit after the rank-1 cut produced non-finite values")
     return Scheme1Result(np.array(vertical), np.array(horizontal), coeffs_out,
                          np.asarray(fit_error), final_lambda, stages)
-
-
-def stack_quadratics(quads: list[Quadratic]) -> Quadratic:
-    """One Quadratic with a leading batch axis from several of equal shapes and kind."""
-    if len({q.A is None for q in quads}) != 1:
-        raise ProblemError("cannot batch filter- and data-reconstruction problems together")
-    return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *quads)
 
 
 def fit(weights: np.ndarray, quad: Quadratic, num_bases: int,

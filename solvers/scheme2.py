@@ -20,8 +20,9 @@ import numpy as np
 import optax
 
 from solvers.errors import DivergenceError, ProblemError
-from solvers.linear import solve_shared_design
-from solvers.objectives import Quadratic, check_weights
+from solvers.linear import RIDGE, solve_shared_design
+from solvers.objectives import Quadratic, check_weights, stack_quadratics
+from solvers.parallel import shard_leading_axis
 
 
 class Scheme2Factors(NamedTuple):
@@ -120,42 +121,80 @@ def truncation_data_errors(weights: np.ndarray, covariance: np.ndarray) -> np.nd
     return np.maximum(tail[1:], 0.0) / tail[0]
 
 
+def reduced_rank_fit(weights: jax.Array, quad: Quadratic, rank: int) -> Scheme2Factors:
+    """The exact minimiser of ``quad`` over rank-K weights (N, D) of a 1x1 kernel (reduced-rank
+    regression): with A = L L^T, loss = ||U L - B L^-T||^2 + const, so U L is the rank-K
+    truncated SVD of B L^-T. A tiny ridge keeps the Cholesky factor of a singular A defined."""
+    n, c = weights.shape[:2]
+    scale = quad.weight_scale
+    a_matrix = quad.lipschitz * jnp.eye(c, dtype=quad.B.dtype) if quad.A is None else quad.A
+    a_matrix = a_matrix + RIDGE * jnp.trace(a_matrix) / c * jnp.eye(c, dtype=a_matrix.dtype)
+    lower = jnp.linalg.cholesky(a_matrix)
+    target = jax.scipy.linalg.solve_triangular(lower, quad.B.T, lower=True).T  # B L^-T
+    u, s, vt = jnp.linalg.svd(target, full_matrices=False)
+    root = jnp.sqrt(s[:rank])
+    vertical = jax.scipy.linalg.solve_triangular(lower.T, (root[:, None] * vt[:rank]).T, lower=False).T  # V L^-1
+    horizontal = u[:, :rank] * root
+    return Scheme2Factors((vertical * jnp.sqrt(scale)).reshape(rank, c, 1),
+                          (horizontal * jnp.sqrt(scale)).reshape(n, rank, 1))
+
+
 class Scheme2Result(NamedTuple):
-    """Fitted factors, the relative loss they reach, and the wall time of the solve."""
+    """Fitted factors (vertical (P, K, C, kh), horizontal (P, N, K, kw); without P from
+    ``fit``), the relative loss each problem reaches, and the wall time of the solve."""
 
     vertical: np.ndarray
     horizontal: np.ndarray
-    loss: float
+    loss: np.ndarray
     seconds: float
 
 
-def fit(weights: np.ndarray, rank: int, quad: Quadratic | None = None,
-        iterations: int = 200) -> Scheme2Result:
-    """Fit Scheme 2 to one layer: closed form when ``quad`` is None, else data reconstruction.
-
-    Raises ValueError for bad weights or K, FloatingPointError if the solve goes non-finite.
-    """
-    weights = check_weights(weights)
-    check_rank(weights.shape, rank)
-    start = time.perf_counter()
-    dtype = quad.B.dtype if quad is not None else jnp.float32
-    w = jnp.asarray(weights, dtype)
+def _solve(weights: jax.Array, quad: Quadratic | None, rank: int, iterations: int) -> tuple[Scheme2Factors, jax.Array]:
+    """One problem: truncated SVD (filter), the closed form (data, 1x1), or SVD + L-BFGS (data)."""
     if quad is None:
-        factors = _jit_filter_fit(w, rank)
-        loss = None
+        factors = filter_fit(weights, rank)
+        return factors, jnp.sum((weights - compose(*factors)) ** 2) / jnp.sum(weights ** 2)
+    pointwise = weights.shape[2] == weights.shape[3] == 1
+    factors = reduced_rank_fit(weights, quad, rank) if pointwise else data_fit(weights, quad, rank, iterations)
+    return factors, quad.loss(compose(*factors) / quad.weight_scale)
+
+
+_batched_solve = jax.jit(jax.vmap(_solve, in_axes=(0, 0, None, None)), static_argnums=(2, 3))
+_batched_filter_solve = jax.jit(jax.vmap(_solve, in_axes=(0, None, None, None)), static_argnums=(1, 2, 3))
+
+
+def fit_batch(weights: np.ndarray, rank: int, quads: Quadratic | None = None, iterations: int = 200) -> Scheme2Result:
+    """Fit Scheme 2 to P problems of equal shape at once (``vmap``; the batch is sharded over
+    every JAX device): closed forms when ``quads`` is None (filter mode) or for 1x1 kernels,
+    else data reconstruction by L-BFGS. ``quads`` carry a leading batch axis P
+    (``stack_quadratics``).
+
+    Raises ProblemError for bad weights or K, DivergenceError if the solve goes non-finite.
+    """
+    weights = np.asarray(weights)
+    if weights.ndim != 5:
+        raise ProblemError(f"weights must be (P, N, C, kh, kw), got shape {weights.shape}")
+    for single in weights:
+        check_weights(single)
+    check_rank(weights.shape[1:], rank)
+    start = time.perf_counter()
+    dtype = jnp.float32 if quads is None else quads.B.dtype
+    w = jnp.asarray(weights, dtype)
+    if quads is None:
+        factors, loss = _batched_filter_solve(shard_leading_axis(w), None, rank, iterations)
     else:
-        factors = _jit_data_fit(w, quad, rank, iterations)
-        loss = quad.loss(compose(*factors) / quad.weight_scale)
-    factors = jax.block_until_ready(factors)
+        factors, loss = _batched_solve(*shard_leading_axis((w, quads)), rank, iterations)
+    factors, loss = jax.block_until_ready((factors, loss))
     vertical, horizontal = np.asarray(factors.vertical), np.asarray(factors.horizontal)
     if not (np.all(np.isfinite(vertical)) and np.all(np.isfinite(horizontal))):
         raise DivergenceError(
-            f"Scheme 2 {'filter' if quad is None else 'data'} fit produced non-finite factors "
-            f"(K={rank}, weights {weights.shape}); try float64 or fewer L-BFGS iterations")
-    if loss is None:
-        loss = float(np.sum((weights - np.asarray(compose(*factors))) ** 2) / np.sum(weights.astype(np.float64) ** 2))
-    return Scheme2Result(vertical, horizontal, float(loss), time.perf_counter() - start)
+            f"Scheme 2 {'filter' if quads is None else 'data'} fit produced non-finite factors "
+            f"(K={rank}, weights {weights.shape[1:]}); try a ridge, float64 or fewer L-BFGS iterations")
+    return Scheme2Result(vertical, horizontal, np.asarray(loss, np.float64), time.perf_counter() - start)
 
 
-_jit_filter_fit = jax.jit(filter_fit, static_argnums=1)
-_jit_data_fit = jax.jit(data_fit, static_argnums=(2, 3))
+def fit(weights: np.ndarray, rank: int, quad: Quadratic | None = None, iterations: int = 200) -> Scheme2Result:
+    """Fit Scheme 2 to one layer: ``fit_batch`` with one problem, the batch axis removed."""
+    quads = None if quad is None else stack_quadratics([quad])
+    result = fit_batch(np.asarray(weights)[None], rank, quads, iterations)
+    return Scheme2Result(result.vertical[0], result.horizontal[0], result.loss[0], result.seconds)

@@ -64,13 +64,15 @@ def test_user_model_filter_mode_and_extending_a_file(tmp_path, capsys):
     assert np.isfinite(layers["features.4"].output_variance_lost)
 
 
-def test_all_layers_skip_1x1_and_asymmetric_runs(tmp_path, capsys):
+def test_all_layers_with_a_1x1_conv_and_asymmetric_runs(tmp_path, capsys):
     out = tmp_path / "tiny.h5"
     code, stdout, _ = run_fit(capsys, "--model", TINY, "--data", "tests.fixture_models:tiny_batches", "--layer", "all",
-                              "--bases", "features.0=3,features.4=4", "--asymmetric", "--out", str(out))
+                              "--bases", "features.0=3,features.2=4,features.4=4", "--asymmetric", "--out", str(out))
     assert code == 0
-    assert set(read_bases(out).layers) == {"features.0", "features.4"}
-    assert "features.2 (it has a 1x1 kernel" in stdout
+    assert set(read_bases(out).layers) == {"features.0", "features.2", "features.4"}
+    code, stdout, _ = run_fit(capsys, "--model", TINY, "--layer", "all", "--bases", "2", "--scheme", "1",
+                              "--out", str(tmp_path / "s1.h5"))
+    assert code == 0 and "features.2 (it has a 1x1 kernel" in stdout
 
 
 def test_layers_by_regular_expression(tmp_path, capsys):
@@ -81,9 +83,10 @@ def test_layers_by_regular_expression(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--layer", "conv9", "--bases", "4"], "no layer 'conv9'; layers scheme2 can replace: features.0, features.4"),
+    (["--layer", "conv9", "--bases", "4"], "no layer 'conv9'; layers scheme2 can replace: features.0, features.2, "
+                                          "features.4"),
     (["--layer", "head", "--bases", "4"], "'head' cannot be replaced by scheme2: it is a Linear layer"),
-    (["--layer", "features.2", "--bases", "4"], "1x1 kernel"),
+    (["--layer", "features.2", "--bases", "4", "--scheme", "1"], "1x1 kernel"),
     (["--layer", "features.0", "--bases", "99"], "rank in 1..9 .*min\\(C\\*kh, N\\*kw\\)"),
     (["--layer", "features.0", "--bases", "10", "--scheme", "1"], "rank in 1..9 .*M <= kh\\*kw"),
     (["--layer", "features.0", "--bases", "x=y=z"], "--bases must be a whole number"),

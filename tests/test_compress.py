@@ -25,9 +25,9 @@ def test_compress_returns_a_model_records_and_a_file_that_loads(tmp_path):
     model = tiny()
     before = copy.deepcopy(model.state_dict())
     result = recon.compress(model, loader(), ranks=2, progress=False)
-    assert set(result.layers) == {"features.0", "features.4"}
+    assert set(result.layers) == {"features.0", "features.2", "features.4"}
     assert all(record.mode == "data" and record.rank == 2 for record in result.layers.values())
-    assert "features.2" in result.skipped and "head" in result.skipped
+    assert set(result.skipped) == {"head"}
     for key, value in model.state_dict().items():
         torch.testing.assert_close(value, before[key])
     path = result.save(tmp_path / "b.h5")
@@ -74,7 +74,7 @@ def test_asymmetric_mode_fits_each_layer_to_the_approximated_inputs():
 
 
 def test_the_guard_keeps_dense_what_is_not_faster(monkeypatch, tmp_path):
-    verdict = {"features.0": True, "features.4": False}
+    verdict = {"features.0": True, "features.2": True, "features.4": False}
     monkeypatch.setattr("recon.pipeline.compress.time_replacement",
                         lambda dense, low, inputs, name, min_speedup, channels_last: GuardDecision(
                             name, 1.0, 0.5 if verdict[name] else 2.0, verdict[name]))
@@ -83,7 +83,7 @@ def test_the_guard_keeps_dense_what_is_not_faster(monkeypatch, tmp_path):
     assert isinstance(result.model.features[4], nn.Conv2d) and not result.layers["features.4"].kept
     assert isinstance(result.model.features[0], recon.LowRankModule)
     assert "dense kept" in result.table()
-    assert set(read_bases(result.save(tmp_path / "g.h5")).layers) == {"features.0"}
+    assert set(read_bases(result.save(tmp_path / "g.h5")).layers) == {"features.0", "features.2"}
 
 
 def test_filter_mode_without_data_reports_macs_for_the_given_input_size():
@@ -126,3 +126,17 @@ def test_a_cuda_model_stays_on_cuda():
     assert next(result.model.parameters()).is_cuda
     x = torch.randn(2, 3, 10, 10, device="cuda")
     np.testing.assert_allclose(result.model(x).cpu().detach(), result.model.cpu()(x.cpu()).detach(), atol=1e-4)
+
+
+def test_asymmetric_statistics_of_a_grouped_layer_match_its_outputs():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1, groups=4))
+    batches = [torch.randn(8, 3, 10, 10, generator=torch.Generator().manual_seed(s)) for s in range(3)]
+    result = recon.compress(model, batches, ranks={"0": 2, "2": 2}, asymmetric=True, patches_per_image=None,
+                            progress=False)
+    inputs = torch.cat(batches)
+    with torch.no_grad():
+        target = model(inputs)
+        got = result.model(inputs)
+    lost = float(((got - target) ** 2).sum() / ((target - target.mean((0, 2, 3), keepdim=True)) ** 2).sum())
+    assert result.layers["2"].output_variance_lost == pytest.approx(lost, rel=1e-3)

@@ -57,7 +57,7 @@ def test_apply_bases_with_example_input_keeps_only_faster_layers(tmp_path, monke
     model = tiny()
     path = recon.compress(model, ranks=2, progress=False).save(tmp_path / "b.h5")
     # features.0's replacement is "faster", features.4's is "slower"
-    fake = {"features.0": (2.0, 1.0), "features.4": (1.0, 2.0)}
+    fake = {"features.0": (2.0, 1.0), "features.2": (2.0, 1.0), "features.4": (1.0, 2.0)}
     decisions = []
 
     def fake_guard(model, replacements, example, min_speedup, channels_last):
@@ -71,7 +71,7 @@ def test_apply_bases_with_example_input_keeps_only_faster_layers(tmp_path, monke
     apply_bases(model, path, example_input=torch.randn(1, 3, 11, 9))
     assert isinstance(model.features[0], LowRankExpConv)
     assert model.features[4] is dense
-    assert {d.layer for d in decisions} == {"features.0", "features.4"}
+    assert {d.layer for d in decisions} == {"features.0", "features.2", "features.4"}
 
 
 def test_guard_replacements_times_on_real_input_shapes():

@@ -126,3 +126,70 @@ def test_rank_for_speedup_is_where_macs_cross_the_goal(name, factor):
     rank = method.rank_for_speedup(geometry, (64, 28, 28), factor)
     goal = geometry.dense_macs((28, 28)) / factor
     assert method.macs(geometry, rank, (28, 28)) <= goal < method.macs(geometry, rank + 1, (28, 28))
+
+
+grouped_convs = st.fixed_dictionaries({
+    "groups": st.integers(1, 4), "per_group_in": st.integers(1, 3), "multiplier": st.integers(1, 3),
+    "kernel": st.sampled_from([(1, 1), (3, 3), (5, 5), (7, 7), (3, 1), (1, 5)]),
+    "stride": st.tuples(st.integers(1, 2), st.integers(1, 2)), "dilation": st.tuples(st.integers(1, 2), st.integers(1, 2)),
+    "padding": st.one_of(st.tuples(st.integers(0, 3), st.integers(0, 3)), st.just("same")), "bias": st.booleans(),
+})
+
+
+def grouped_conv(g):
+    stride = (1, 1) if g["padding"] == "same" else g["stride"]
+    return nn.Conv2d(g["groups"] * g["per_group_in"], g["groups"] * g["multiplier"], g["kernel"], stride=stride,
+                     padding=g["padding"], dilation=g["dilation"], groups=g["groups"], bias=g["bias"])
+
+
+@settings(max_examples=40, deadline=None)
+@given(g=grouped_convs)
+def test_grouped_depthwise_and_pointwise_convs_are_exact_at_full_rank(g):
+    """Scheme 2 per group: grouped (G > 1), depthwise (one input channel per group) and 1x1 convs."""
+    conv = grouped_conv(g)
+    method = methods.get("scheme2")
+    assert method.eligible(conv) is None
+    module = recon.decompose(conv, method.max_rank(method.geometry(conv)))
+    x = torch.randn(2, conv.in_channels, 15, 16)
+    torch.testing.assert_close(module(x), conv(x), atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("kwargs, rank", [(dict(groups=4), 2), (dict(groups=8), 1), (dict(groups=1, kernel_size=1), 3)])
+def test_grouped_depthwise_and_pointwise_data_fits_beat_filter_fits_on_outputs(kwargs, rank):
+    kernel = kwargs.pop("kernel_size", 5)
+    conv = nn.Conv2d(8, 8, kernel, padding=kernel // 2, **kwargs)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), conv)
+    batches = [torch.randn(16, 3, 12, 12, generator=torch.Generator().manual_seed(s)) for s in range(4)]
+    data = recon.compress(model, batches, layers="2", ranks=rank, patches_per_image=None, progress=False).layers["2"]
+    weights = recon.compress(model, batches, layers="2", ranks=rank, mode="filter", progress=False).layers["2"]
+    moments = recon.observe(model, batches, ["2"], patches_per_image=None, progress=False)["2"]
+    # the filter fit's output error measured on the same statistics, with its bias refitted as data mode does
+    from recon.pipeline.fitting import output_variance_lost, refit_biases
+
+    w = conv.weight.detach().double().numpy()
+    b = conv.bias.detach().double().numpy()
+    w_hat = weights.module.dense_weight().detach().double().numpy()
+    filter_lost = output_variance_lost(w, b, w_hat, refit_biases(w, b, w_hat, moments, conv.groups), moments,
+                                       conv.groups)
+    assert data.output_variance_lost <= filter_lost + 1e-6
+    # and the recorded error is what the module does on the data
+    with torch.no_grad():
+        inputs = torch.cat([model[1](model[0](x)) for x in batches])
+        target, got = conv(inputs), data.module(inputs)
+    lost = float(((got - target) ** 2).sum() / ((target - target.mean((0, 2, 3), keepdim=True)) ** 2).sum())
+    assert data.output_variance_lost == pytest.approx(lost, rel=1e-3, abs=1e-6)
+
+
+def test_linear_data_fit_is_reduced_rank_regression_and_beats_the_svd():
+    model = nn.Sequential(nn.Linear(10, 16), nn.ReLU(), nn.Linear(16, 6))
+    batches = [torch.randn(64, 10, generator=torch.Generator().manual_seed(s)) for s in range(3)]
+    data = recon.compress(model, batches, layers="2", method="svd", ranks=2, progress=False).layers["2"]
+    weights = recon.compress(model, batches, layers="2", method="svd", ranks=2, mode="filter", progress=False)
+    with torch.no_grad():
+        inputs = torch.cat([model[1](model[0](x)) for x in batches])
+        target = model[2](inputs)
+        lost = lambda module: float(((module(inputs) - target) ** 2).sum() / ((target - target.mean(0)) ** 2).sum())
+        assert lost(data.module) == pytest.approx(data.output_variance_lost, rel=1e-3)
+        assert lost(data.module) < lost(weights.layers["2"].module)
+    full = recon.compress(model, batches, layers="2", method="svd", ranks=6, progress=False).layers["2"]
+    assert full.output_variance_lost == pytest.approx(0.0, abs=1e-5)

@@ -99,11 +99,11 @@ def test_empty_modules_load_their_own_state_dict():
 
 def test_layers_the_methods_cannot_reproduce_are_refused():
     with pytest.raises(LayerError, match="groups=2"):
-        recon.decompose(nn.Conv2d(4, 4, 3, groups=2), 2)
+        recon.decompose(nn.Conv2d(4, 4, 3, groups=2), 2, "scheme1")
     with pytest.raises(LayerError, match="padding_mode='circular'"):
         recon.decompose(nn.Conv2d(4, 4, 3, padding=1, padding_mode="circular"), 2)
     with pytest.raises(LayerError, match="1x1 kernel"):
-        recon.decompose(nn.Conv2d(4, 4, 1), 2)
+        recon.decompose(nn.Conv2d(4, 4, 1), 2, "cp")
 
     class SameConv(nn.Conv2d):  # timm's Conv2dSame pattern: padding computed in forward
         def forward(self, x):

@@ -11,10 +11,10 @@ SCRIPT = textwrap.dedent("""
     import json, sys
     import jax, numpy as np
     from solvers import scheme1
-    from solvers.objectives import filter_objective
+    from solvers.objectives import filter_objective, stack_quadratics
     rng = np.random.default_rng(0)
     weights = rng.standard_normal((4, 6, 5, 3, 3)).astype(np.float32)
-    quads = scheme1.stack_quadratics([filter_objective(w) for w in weights])
+    quads = stack_quadratics([filter_objective(w) for w in weights])
     result = scheme1.fit_batch(weights, quads, 3)
     print(json.dumps({"devices": len(jax.devices()), "coeffs": result.coeffs.tolist(),
                       "vertical": result.vertical.tolist()}))

@@ -3,7 +3,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from solvers import scheme2
-from solvers.objectives import Moments, data_objective, filter_objective
+from solvers.objectives import Moments, data_objective, filter_objective, stack_quadratics
 from tests.conftest import decaying_weights
 
 
@@ -57,8 +57,6 @@ def test_rank_out_of_range_names_maximum(rank):
 
 
 def test_bad_weights_are_refused():
-    with pytest.raises(ValueError, match="1x1"):
-        scheme2.fit(np.ones((4, 4, 1, 1), np.float32), 1)
     bad = np.ones((4, 4, 3, 3), np.float32)
     bad[0, 0, 0, 0] = np.nan
     with pytest.raises(ValueError, match="NaN"):
@@ -96,3 +94,37 @@ def test_truncation_data_errors_match_explicit_truncations():
         b_hat = refit_bias(weights, bias, w_hat, moments)
         explicit = data_relative_error(weights, bias, w_hat, b_hat, moments)
         assert closed_form[rank - 1] == pytest.approx(explicit, rel=1e-8, abs=1e-12)
+
+
+def _pointwise_loss(weights, quad, vertical, horizontal):
+    return float(quad.loss(np.einsum("nkx,kcy->ncyx", horizontal, vertical) / quad.weight_scale))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_pointwise_data_fit_is_the_reduced_rank_optimum(seed):
+    """1x1 kernels: the closed form beats L-BFGS started anywhere and random rank-K candidates,
+    is Eckart-Young for white inputs, and exact at full rank."""
+    rng = np.random.default_rng(seed)
+    weights = rng.standard_normal((12, 9, 1, 1))
+    moments = _correlated_moments(9, seed=seed)
+    quad = data_objective(weights, moments, dtype=np.float32)
+    closed = scheme2.fit(weights.astype(np.float32), 3, quad)
+    iterative = scheme2.data_fit(weights.astype(np.float32), quad, 3, 300)
+    assert closed.loss <= _pointwise_loss(weights, quad, *iterative) + 1e-5
+    for _ in range(20):
+        v, h = rng.standard_normal((3, 9, 1)), rng.standard_normal((12, 3, 1))
+        assert closed.loss <= _pointwise_loss(weights, quad, v, h)
+    white = data_objective(weights, Moments.symmetric(1, np.zeros(9), np.eye(9)), dtype=np.float32)
+    sigma = np.linalg.svd(weights[:, :, 0, 0], compute_uv=False)
+    assert scheme2.fit(weights.astype(np.float32), 3, white).loss == pytest.approx(
+        (sigma[3:] ** 2).sum() / (sigma ** 2).sum(), abs=1e-4)
+    assert scheme2.fit(weights.astype(np.float32), 9, quad).loss == pytest.approx(0.0, abs=1e-4)
+
+
+def test_batched_fit_equals_one_by_one():
+    weights = np.stack([decaying_weights((8, 6, 3, 3), seed=s) for s in range(3)]).astype(np.float32)
+    quads = stack_quadratics([data_objective(w, _correlated_moments(54, seed=s)) for s, w in enumerate(weights)])
+    batched = scheme2.fit_batch(weights, 4, quads, 100)
+    for index, w in enumerate(weights):
+        single = scheme2.fit(w, 4, data_objective(w, _correlated_moments(54, seed=index)), 100)
+        assert batched.loss[index] == pytest.approx(single.loss, abs=1e-5)

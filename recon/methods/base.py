@@ -114,22 +114,25 @@ class Method(ABC):
         return ranks[-1] if ranks else 0
 
     @abstractmethod
-    def fit(self, weights: np.ndarray, rank: Any, moments: Moments | None, options: SolverOptions) -> Fitted:
+    def fit(self, weights: np.ndarray, rank: Any, moments: Moments | None, options: SolverOptions,
+            groups: int = 1) -> Fitted:
         """Factors for ``weights`` (float64, the layer's weight shape) at ``rank``.
 
         ``moments`` (input statistics) select data reconstruction; None, filter reconstruction.
+        ``groups`` > 1 only reaches methods whose ``eligible`` accepts grouped convolutions.
         """
 
-    def quick_fit(self, weights: np.ndarray, rank: Any) -> Fitted:
+    def quick_fit(self, weights: np.ndarray, rank: Any, groups: int = 1) -> Fitted:
         """Factors made fast, to time the module on realistic activations (the time of a whole
         model depends on its activations' values: random factors measured 5-10% slower than
         fitted ones here). Default: the filter-mode fit."""
-        return self.fit(weights, rank, None, SolverOptions())
+        return self.fit(weights, rank, None, SolverOptions(), groups)
 
-    def rank_errors(self, weights: np.ndarray, covariance: np.ndarray | None) -> np.ndarray | None:
+    def rank_errors(self, weights: np.ndarray, covariance: np.ndarray | None, groups: int = 1) -> np.ndarray | None:
         """Predicted relative error of every rank 1..max_rank before fitting (entry r-1 for
-        rank r): of the layer's outputs for the centred input ``covariance``, of its weights
-        when None. None when the method has no cheap estimate."""
+        rank r): of the layer's outputs for the centred input ``covariance`` (per group, stacked,
+        for a grouped convolution), of its weights when None. None when the method has no cheap
+        estimate."""
         return None
 
     def v1_factors(self, datasets: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], Rank]:
@@ -148,9 +151,9 @@ class Method(ABC):
         return f"<method {self.name}>"
 
 
-def conv_refusal(layer: nn.Module) -> str | None:
-    """Why ``layer`` is not a plain, ungrouped, zero-padded ``nn.Conv2d`` with a kernel to
-    separate, or None when it is."""
+def conv_refusal(layer: nn.Module, grouped: bool = False, pointwise: bool = False) -> str | None:
+    """Why ``layer`` is not a plain zero-padded ``nn.Conv2d`` (ungrouped unless ``grouped``,
+    with a kernel larger than 1x1 unless ``pointwise``), or None when it is."""
     if not isinstance(layer, nn.Conv2d):
         return f"it is a {type(layer).__name__} layer, not an nn.Conv2d"
     overridden = overridden_forward(layer, nn.Conv2d)
@@ -158,8 +161,8 @@ def conv_refusal(layer: nn.Module) -> str | None:
         return overridden
     if layer.padding_mode != "zeros":
         return f"padding_mode={layer.padding_mode!r} (only 'zeros' is reproduced)"
-    if layer.groups != 1:
-        return f"it is a grouped convolution (groups={layer.groups}); its groups would be mixed"
-    if tuple(layer.kernel_size) == (1, 1):
-        return "it has a 1x1 kernel: nothing to separate"
+    if layer.groups != 1 and not grouped:
+        return f"it is a grouped convolution (groups={layer.groups}); its groups would be mixed (scheme2 keeps them)"
+    if tuple(layer.kernel_size) == (1, 1) and not pointwise:
+        return "it has a 1x1 kernel: nothing to separate (scheme2 splits it into two 1x1 convs)"
     return None

@@ -41,11 +41,12 @@ class CP(Method):
     def rank_hint(self, geometry: ConvGeometry) -> str:
         return "the product of all weight dimensions but the largest"
 
-    def fit(self, weights: np.ndarray, rank: int, moments: Moments | None, options: SolverOptions) -> Fitted:
+    def fit(self, weights: np.ndarray, rank: int, moments: Moments | None, options: SolverOptions,
+            groups: int = 1) -> Fitted:
         f = cp_factors(weights, rank, options.cp_iterations, options.seed)
         return Fitted(self.module_factors(f), rank, {})
 
-    def quick_fit(self, weights: np.ndarray, rank: int) -> Fitted:
+    def quick_fit(self, weights: np.ndarray, rank: int, groups: int = 1) -> Fitted:
         """One ALS sweep from the SVD start."""
         return Fitted(self.module_factors(cp_factors(weights, rank, 1, 0)), rank, {})
 

@@ -27,7 +27,8 @@ class Scheme1(Method):
     def rank_hint(self, geometry: ConvGeometry) -> str:
         return f"M <= kh*kw = {self.max_rank(geometry)}: more bases than kernel entries cannot help"
 
-    def fit(self, weights: np.ndarray, rank: int, moments: Moments | None, options: SolverOptions) -> Fitted:
+    def fit(self, weights: np.ndarray, rank: int, moments: Moments | None, options: SolverOptions,
+            groups: int = 1) -> Fitted:
         quad = filter_objective(weights) if moments is None else data_objective(weights, moments, options.ridge)
         result = scheme1.fit(weights.astype(np.float32), quad, rank, options.schedule)
         history = {"lambda": np.array([s.lam[0] for s in result.stages]),
@@ -36,7 +37,7 @@ class Scheme1(Method):
         factors = {"vertical": result.vertical[0], "horizontal": result.horizontal[0], "coeffs": result.coeffs[0]}
         return Fitted(factors, rank, history)
 
-    def quick_fit(self, weights: np.ndarray, rank: int) -> Fitted:
+    def quick_fit(self, weights: np.ndarray, rank: int, groups: int = 1) -> Fitted:
         """The lambda = 0 start without the schedule: the top M right singular vectors of W as
         (N*C) x (kh*kw), each cut to its best separable filter, coefficients by projection."""
         n, c, kh, kw = weights.shape
@@ -47,7 +48,7 @@ class Scheme1(Method):
         coeffs = np.linalg.lstsq(bases.T, weights.reshape(n * c, -1).T, rcond=None)[0].T.reshape(n, c, rank)
         return Fitted({"vertical": vertical, "horizontal": horizontal, "coeffs": coeffs}, rank, {})
 
-    def rank_errors(self, weights: np.ndarray, covariance: np.ndarray | None) -> np.ndarray:
+    def rank_errors(self, weights: np.ndarray, covariance: np.ndarray | None, groups: int = 1) -> np.ndarray:
         """The weight error of the best M unconstrained (not yet separable) bases, Eckart-Young
         on W reshaped to (N*C) x (kh*kw): a lower bound used as the estimate in either mode."""
         n, c, kh, kw = weights.shape

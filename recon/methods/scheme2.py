@@ -1,6 +1,8 @@
 """Scheme 2 of Jaderberg et al. (2014): K vertical (kh x 1) filters over all C input channels,
 then N horizontal (1 x kw) filters over those K maps. Filter reconstruction is a truncated SVD
-(closed form); data reconstruction starts there and runs L-BFGS (``solvers.scheme2``)."""
+(closed form); data reconstruction starts there and runs L-BFGS (``solvers.scheme2``), or is
+the exact reduced-rank regression for 1x1 kernels. A grouped convolution (depthwise
+included) gets K per group, the G groups solved as one batch."""
 from __future__ import annotations
 
 import numpy as np
@@ -9,31 +11,52 @@ from torch import nn
 from recon.methods.base import Fitted, Method, SolverOptions, conv_refusal
 from recon.nn import ConvGeometry, Scheme2Conv
 from solvers import scheme2
-from solvers.objectives import Moments, data_objective
+from solvers.objectives import Moments, data_objective, stack_quadratics
+
+
+def split_groups(weights: np.ndarray, groups: int) -> np.ndarray:
+    """Conv weights (N, C/G, kh, kw) as G independent problems (G, N/G, C/G, kh, kw)."""
+    return weights.reshape(groups, weights.shape[0] // groups, *weights.shape[1:])
 
 
 class Scheme2(Method):
     name = "scheme2"
-    summary = "Jaderberg Scheme 2: K vertical then N horizontal filters (two convs); filter or data mode"
+    summary = ("Jaderberg Scheme 2: K vertical then N horizontal filters (two convs; grouped, depthwise and 1x1 "
+               "convs too); filter or data mode")
     module_class = Scheme2Conv
     fits_data = True
 
     def eligible(self, layer: nn.Module) -> str | None:
-        return conv_refusal(layer)
+        return conv_refusal(layer, grouped=True, pointwise=True)
 
     def max_rank(self, geometry: ConvGeometry) -> int:
-        return scheme2.max_rank(geometry.weight_shape)
+        g = geometry.groups
+        return scheme2.max_rank((geometry.out_channels // g, geometry.in_channels // g, *geometry.kernel_size))
 
     def rank_hint(self, geometry: ConvGeometry) -> str:
-        (kh, kw), c, n = geometry.kernel_size, geometry.in_channels, geometry.out_channels
-        return f"K <= min(C*kh, N*kw) = min({c * kh}, {n * kw})"
+        (kh, kw), g = geometry.kernel_size, geometry.groups
+        per_group = " per group" if g > 1 else ""
+        return (f"K{per_group} <= min(C*kh, N*kw){per_group} = min({geometry.in_channels // g * kh}, "
+                f"{geometry.out_channels // g * kw})")
 
-    def fit(self, weights: np.ndarray, rank: int, moments: Moments | None, options: SolverOptions) -> Fitted:
-        quad = None if moments is None else data_objective(weights, moments, options.ridge)
-        result = scheme2.fit(weights.astype(np.float32), rank, quad, options.lbfgs_iterations)
-        return Fitted({"vertical": result.vertical, "horizontal": result.horizontal}, rank, {})
+    def fit(self, weights: np.ndarray, rank: int, moments: Moments | None, options: SolverOptions,
+            groups: int = 1) -> Fitted:
+        problems = split_groups(weights, groups)
+        quads = None if moments is None else stack_quadratics(
+            [data_objective(w, moments.group(g), options.ridge) for g, w in enumerate(problems)])
+        result = scheme2.fit_batch(problems.astype(np.float32), rank, quads, options.lbfgs_iterations)
+        n, c, kh, kw = weights.shape
+        return Fitted({"vertical": result.vertical.reshape(groups * rank, c, kh),
+                       "horizontal": result.horizontal.reshape(n, rank, kw)}, rank, {})
 
-    def rank_errors(self, weights: np.ndarray, covariance: np.ndarray | None) -> np.ndarray:
-        if covariance is None:
-            covariance = np.eye(int(np.prod(weights.shape[1:])))
-        return scheme2.truncation_data_errors(weights, covariance)
+    def rank_errors(self, weights: np.ndarray, covariance: np.ndarray | None, groups: int = 1) -> np.ndarray:
+        """Exact for the truncated SVD; a grouped layer's error sums its groups' errors."""
+        lost, total = 0.0, 0.0
+        for index, problem in enumerate(split_groups(weights, groups)):
+            dim = int(np.prod(problem.shape[1:]))
+            block = np.eye(dim) if covariance is None else (covariance if groups == 1 else covariance[index])
+            flat = problem.reshape(problem.shape[0], -1)
+            energy = float(np.sum((flat @ block) * flat))
+            lost = lost + scheme2.truncation_data_errors(problem, block) * energy
+            total += energy
+        return lost / total

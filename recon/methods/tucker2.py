@@ -65,7 +65,8 @@ class Tucker2(Method):
         pair = self.pair(geometry.out_channels, geometry.in_channels, rank)
         return Tucker2Conv.count_macs(geometry, pair, input_shape)
 
-    def fit(self, weights: np.ndarray, rank: Any, moments: Moments | None, options: SolverOptions) -> Fitted:
+    def fit(self, weights: np.ndarray, rank: Any, moments: Moments | None, options: SolverOptions,
+            groups: int = 1) -> Fitted:
         from tensorly.decomposition import partial_tucker
 
         ranks = tucker2_ranks(weights) if rank == EVBMF else self.pair(*weights.shape[:2], rank)
@@ -82,7 +83,7 @@ class Tucker2(Method):
         out (N, R_out), in (C, R_in)."""
         return {"first": in_factor.T, "core": core, "last": out_factor}
 
-    def rank_errors(self, weights: np.ndarray, covariance: np.ndarray | None) -> np.ndarray:
+    def rank_errors(self, weights: np.ndarray, covariance: np.ndarray | None, groups: int = 1) -> np.ndarray:
         """The truncated HOSVD bound: energy left out by the mode-0 plus the mode-1 unfolding
         at (min(R, N), min(R, C)), relative to the weights' energy (filter space, either mode)."""
         n, c = weights.shape[:2]

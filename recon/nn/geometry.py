@@ -84,6 +84,10 @@ class LinearGeometry:
         return cls(linear.in_features, linear.out_features)
 
     @property
+    def groups(self) -> int:
+        return 1
+
+    @property
     def weight_shape(self) -> tuple[int, int]:
         return (self.out_features, self.in_features)
 

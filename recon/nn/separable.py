@@ -6,7 +6,7 @@ a vertical conv with groups=C (the M shared filters repeated per channel), a dep
 horizontal conv, a 1x1 conv. Measured on a 2-core CPU (benchmarks/RESULTS.md, forward
 variants) this is as fast or up to 2.3x faster than folding the channels into the batch.
 Scheme 2 (``Scheme2Conv``): a (kh x 1) conv from C to K channels, then a (1 x kw) conv from K
-to N channels: two ordinary dense convolutions.
+to N channels: two ordinary dense convolutions (grouped alike for grouped convolutions).
 
 Stride, padding (ints, tuples, 'same', 'valid'), dilation and bias carry over: the vertical
 conv takes the row part, the horizontal conv the column part, the bias sits on the last conv.
@@ -71,17 +71,20 @@ class Scheme1Conv(LowRankExpConv):
 
 
 class Scheme2Conv(LowRankExpConv):
-    """K vertical filters over all input channels, then N horizontal filters over K maps.
+    """K vertical filters over all input channels, then N horizontal filters over K maps; in a
+    grouped convolution (G groups) K per group, both convolutions grouped alike, so depthwise
+    convolutions become sums of K separable filters; a 1x1 kernel gives a truncated SVD as
+    two 1x1 convolutions.
 
-    Factors: vertical (K, C, kh, 1), horizontal (N, K, 1, kw).
+    Factors: vertical (G*K, C/G, kh, 1), horizontal (N, K, 1, kw).
     """
 
     scheme = 2
 
     @classmethod
     def factor_shapes(cls, geometry: ConvGeometry, rank: int) -> dict[str, tuple[int, ...]]:
-        (kh, kw), n, c = geometry.kernel_size, geometry.out_channels, geometry.in_channels
-        return {"vertical": (rank, c, kh, 1), "horizontal": (n, rank, 1, kw)}
+        (kh, kw), n, c, g = geometry.kernel_size, geometry.out_channels, geometry.in_channels, geometry.groups
+        return {"vertical": (g * rank, c // g, kh, 1), "horizontal": (n, rank, 1, kw)}
 
     @classmethod
     def count_macs(cls, geometry: ConvGeometry, rank: int, input_shape: tuple[int, ...]) -> int:
@@ -94,8 +97,12 @@ class Scheme2Conv(LowRankExpConv):
         if self.needs_pre_pad:
             x = F.pad(x, self.pre_pad)
         (stride_h, stride_w), (dilation_h, dilation_w) = self.stride, self.dilation
-        x = F.conv2d(x, self.vertical, None, (stride_h, 1), (self.row_padding, 0), (dilation_h, 1))
-        return F.conv2d(x, self.horizontal, self.bias, (1, stride_w), (0, self.col_padding), (1, dilation_w))
+        x = F.conv2d(x, self.vertical, None, (stride_h, 1), (self.row_padding, 0), (dilation_h, 1), self.groups)
+        return F.conv2d(x, self.horizontal, self.bias, (1, stride_w), (0, self.col_padding), (1, dilation_w),
+                        self.groups)
 
     def dense_weight(self) -> torch.Tensor:
-        return torch.einsum("nkx,kcy->ncyx", self.horizontal[:, :, 0, :], self.vertical[:, :, :, 0])
+        g, n, k = self.groups, self.out_channels, self.num_bases
+        vertical = self.vertical[:, :, :, 0].reshape(g, k, -1, self.kernel_size[0])
+        horizontal = self.horizontal[:, :, 0, :].reshape(g, n // g, k, self.kernel_size[1])
+        return torch.einsum("gnkx,gkcy->gncyx", horizontal, vertical).reshape(n, -1, *self.kernel_size)

@@ -15,7 +15,7 @@ from recon.io.hashing import layer_sha256
 from recon import methods
 from recon.methods import Method, SolverOptions
 from recon.record import LayerRecord
-from solvers.conditioning import conditioning
+from solvers.conditioning import Conditioning, conditioning
 from solvers.errors import DivergenceError, ProblemError
 from solvers.objectives import Moments, data_relative_error, filter_relative_error, refit_bias
 
@@ -35,6 +35,42 @@ def layer_arrays(layer: nn.Module, name: str) -> tuple[np.ndarray, np.ndarray | 
     return weights, bias
 
 
+def _by_group(weights: np.ndarray, moments: Moments, groups: int):
+    """(output slice, that group's flattened weights, its moments) for every group."""
+    per_group = weights.shape[0] // groups
+    for index in range(groups):
+        rows = slice(index * per_group, (index + 1) * per_group)
+        yield rows, weights[rows], moments.group(index)
+
+
+def refit_biases(weights: np.ndarray, bias: np.ndarray | None, w_hat: np.ndarray, moments: Moments,
+                 groups: int) -> np.ndarray:
+    """The refitted bias of every group's outputs."""
+    refitted = np.zeros(weights.shape[0])
+    for rows, group_weights, group_moments in _by_group(weights, moments, groups):
+        refitted[rows] = refit_bias(group_weights, None if bias is None else bias[rows], w_hat[rows], group_moments)
+    return refitted
+
+
+def output_variance_lost(weights: np.ndarray, bias: np.ndarray | None, w_hat: np.ndarray,
+                         bias_hat: np.ndarray | None, moments: Moments, groups: int) -> float:
+    """The fraction of the layer's output variance lost, over all groups' outputs."""
+    lost = variance = 0.0
+    pick = lambda values, rows: None if values is None else values[rows]
+    for rows, group_weights, group_moments in _by_group(weights, moments, groups):
+        group_variance = group_moments.output_variance(group_weights.reshape(len(group_weights), -1))
+        lost += group_variance * data_relative_error(group_weights, pick(bias, rows), w_hat[rows],
+                                                     pick(bias_hat, rows), group_moments)
+        variance += group_variance
+    return lost / variance
+
+
+def input_conditioning(moments: Moments) -> Conditioning:
+    """The conditioning of the inputs' covariance; for a grouped layer its worst group's."""
+    each = [conditioning(moments.group(g).covariance_hat(), moments.count) for g in range(moments.groups)]
+    return min(each, key=lambda c: (c.effective_rank / c.dim, -c.unseen, -c.condition))
+
+
 def fit_layer(method: Method, layer: nn.Module, name: str, rank: Any, moments: Moments | None,
               options: SolverOptions, input_shape: tuple[int, ...] | None = None,
               config: dict[str, Any] | None = None) -> LayerRecord:
@@ -45,16 +81,16 @@ def fit_layer(method: Method, layer: nn.Module, name: str, rank: Any, moments: M
     weights, bias = layer_arrays(layer, name)
     start = time.perf_counter()
     try:
-        fitted = method.fit(weights, rank, moments, options)
+        fitted = method.fit(weights, rank, moments, options, geometry.groups)
     except (ProblemError, DivergenceError, FitError) as err:
         raise FitError(f"layer {name!r} ({method.name}, rank {rank}): {err}") from err
     seconds = time.perf_counter() - start
     w_hat = to_numpy(method.build(geometry, fitted, None).dense_weight())
-    bias_hat = bias if moments is None else refit_bias(weights, bias, w_hat, moments)
+    bias_hat = bias if moments is None else refit_biases(weights, bias, w_hat, moments, geometry.groups)
     module = method.build(geometry, fitted, bias_hat)
-    output_lost = math.nan if moments is None else data_relative_error(weights, bias, w_hat, bias_hat, moments)
+    output_lost = (math.nan if moments is None
+                   else output_variance_lost(weights, bias, w_hat, bias_hat, moments, geometry.groups))
     weight_hash, bias_hash = layer_sha256(layer)
-    statistics = None if moments is None else conditioning(moments.covariance_hat(), moments.count)
     return LayerRecord(
         name=name, method=method.name, rank=fitted.rank, mode="filter" if moments is None else "data",
         geometry=geometry, module=module.to(device=layer.weight.device, dtype=layer.weight.dtype).eval(),
@@ -62,7 +98,8 @@ def fit_layer(method: Method, layer: nn.Module, name: str, rank: Any, moments: M
         filter_energy_lost=filter_relative_error(weights, w_hat), output_variance_lost=output_lost,
         input_shape=input_shape, dense_macs=None if input_shape is None else geometry.dense_macs(input_shape),
         macs=None if input_shape is None else module.macs(input_shape), fit_seconds=seconds,
-        statistics=statistics, config=config or {}, history=fitted.history)
+        statistics=None if moments is None else input_conditioning(moments), config=config or {},
+        history=fitted.history)
 
 
 def decompose(layer: nn.Module, rank: Any, method: str | Method = "scheme2", moments: Moments | None = None,

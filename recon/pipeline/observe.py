@@ -87,6 +87,25 @@ def gram(x: torch.Tensor) -> torch.Tensor:
     return x.T @ x
 
 
+def grouped(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """Patches (P, D) as (G, P, D / G): each group's channels are contiguous in (c, y, x) order."""
+    return x.reshape(x.shape[0], groups, -1).transpose(0, 1)
+
+
+def second_moments(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """x^T x (D, D), or each group's block (G, D/G, D/G) for a grouped convolution."""
+    if groups == 1:
+        return gram(x)
+    blocks = grouped(x, groups)
+    return blocks.transpose(1, 2) @ blocks
+
+
+def first_moments(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """The sum of the patches (D,), or per group (G, D/G)."""
+    total = x.sum(0)
+    return total if groups == 1 else total.reshape(groups, -1)
+
+
 class _Sums:
     """Running float64 sums over patches on one device."""
 
@@ -140,10 +159,11 @@ def observe(model: nn.Module, data: Batches | DataSource, layers: list[str] | st
     def consumer(name: str):
         def consume(inputs: torch.Tensor) -> None:
             sampler, total = samplers[name], sums[name]
+            groups = sampler.geometry.groups
             x = sampler.patches(inputs, sampler.draw(inputs))
             total.count += x.shape[0]
-            total.add("x", x.sum(0))
-            total.add("xx", gram(x))
+            total.add("x", first_moments(x, groups))
+            total.add("xx", second_moments(x, groups))
         return consume
 
     hooks = [_InputHook(model.get_submodule(name), consumer(name)) for name in layers]
@@ -192,7 +212,8 @@ def observe_asymmetric(model: nn.Module, approx: nn.Module, batches: Batches, la
     through both models up to the layer only."""
     dense_layer = model.get_submodule(layer)
     sampler = PatchSampler(layer, geometry_of(dense_layer), patches_per_image, seed)
-    weights = dense_layer.weight.detach().reshape(dense_layer.weight.shape[0], -1).double()
+    groups = sampler.geometry.groups
+    weights = dense_layer.weight.detach().reshape(groups, dense_layer.weight.shape[0] // groups, -1).double()
     total = _Sums()
     model.eval()
     approx.eval()
@@ -202,12 +223,13 @@ def observe_asymmetric(model: nn.Module, approx: nn.Module, batches: Batches, la
             locations = sampler.draw(dense_inputs)
             x = sampler.patches(dense_inputs, locations)
             x_hat = sampler.patches(_input_of(approx, layer, inputs, index), locations)
-            outputs = x @ weights.T
+            outputs = grouped(x, groups) @ weights.transpose(1, 2)  # (G, P, N / G)
             total.count += x.shape[0]
-            total.add("x", x.sum(0))
-            total.add("x_hat", x_hat.sum(0))
-            total.add("xx_hat", gram(x_hat))
-            total.add("yx_hat", outputs.T @ x_hat)
-            total.add("yy", (outputs * outputs).sum())
-    return Moments(total.count, total.mean("x"), total.mean("x_hat"), total.mean("xx_hat"), total.mean("yx_hat"),
-                   float(total.mean("yy")))
+            total.add("x", first_moments(x, groups))
+            total.add("x_hat", first_moments(x_hat, groups))
+            total.add("xx_hat", second_moments(x_hat, groups))
+            total.add("yx_hat", outputs.transpose(1, 2) @ grouped(x_hat, groups))
+            total.add("yy", (outputs * outputs).sum((1, 2)))
+    single = (lambda value: value[0]) if groups == 1 else (lambda value: value)
+    return Moments(total.count, total.mean("x"), total.mean("x_hat"), total.mean("xx_hat"), single(total.mean("yx_hat")),
+                   single(total.mean("yy")))

@@ -207,7 +207,8 @@ class TargetSpeedup(RankPolicy):
             ranks = np.arange(1, problem.method.max_rank(geometry) + 1)
             covariance = None if problem.moments is None else problem.moments[name].covariance()
             options.append(_LayerOptions(
-                name, geometry.dense_macs(shape), problem.method.rank_errors(problem.weights[name], covariance),
+                name, geometry.dense_macs(shape),
+                problem.method.rank_errors(problem.weights[name], covariance, geometry.groups),
                 np.array([problem.method.macs(geometry, int(r), shape) for r in ranks])))
         other = sum(macs for name, macs in all_macs.items() if name not in problem.layers)
         return options, other
@@ -224,8 +225,9 @@ class TargetSpeedup(RankPolicy):
         def quick(name: str, rank: Any) -> LowRankModule:
             if (name, rank) not in modules:
                 bias = problem.model.get_submodule(name).bias
-                modules[name, rank] = problem.method.build(problem.geometries[name], problem.method.quick_fit(
-                    problem.weights[name], rank), None if bias is None else to_numpy(bias))
+                geometry = problem.geometries[name]
+                modules[name, rank] = problem.method.build(geometry, problem.method.quick_fit(
+                    problem.weights[name], rank, geometry.groups), None if bias is None else to_numpy(bias))
             return modules[name, rank]
 
         for round_index in range(self.rounds):

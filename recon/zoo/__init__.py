@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from recon.errors import ConfigError
-from recon.zoo.models import CONV_NAMES, FmnistAlexNet, fold_batchnorm
+from recon.zoo.models import CONV_NAMES, FmnistAlexNet, FmnistResNet, fold_batchnorm
 
 ZOO_DIR = Path(__file__).resolve().parent
 
@@ -24,9 +24,11 @@ class Bundled:
     input_size: tuple[int, ...]
 
 
-BUNDLED = {"fmnist-alexnet": Bundled(FmnistAlexNet, ZOO_DIR / "fmnist_alexnet.pt", (1, 28, 28))}
+BUNDLED = {"fmnist-alexnet": Bundled(FmnistAlexNet, ZOO_DIR / "fmnist_alexnet.pt", (1, 28, 28)),
+           "fmnist-resnet": Bundled(FmnistResNet, ZOO_DIR / "fmnist_resnet.pt", (1, 28, 28))}
 
-__all__ = ["BUNDLED", "CONV_NAMES", "FmnistAlexNet", "file_sha256", "fold_batchnorm", "load_model", "weights_path"]
+__all__ = ["BUNDLED", "CONV_NAMES", "FmnistAlexNet", "FmnistResNet", "file_sha256", "fold_batchnorm", "load_model",
+           "weights_path"]
 
 
 def _bundled(name: str) -> Bundled:
