@@ -4,7 +4,8 @@
 
 For the bundled model's convs (at their real input sizes) and VGG-16 conv shapes, batch 1
 and 32, Scheme 1 and Scheme 2 with the largest number of bases whose theoretical speedup
-(dense MACs / low-rank MACs) is at least 2x and 4x. Reports measured speedup (dense time /
+(dense MACs / low-rank MACs) is at least 2x and 4x; Scheme 2 on grouped (ResNeXt / RegNet
+shapes), depthwise 5x5 and 7x7 (MobileNet / ConvNeXt) and 1x1 convs in a section of its own. Reports measured speedup (dense time /
 low-rank time), theoretical speedup, and efficiency = measured / theoretical. Random
 factors: values don't change the time. Whole bundled model: Scheme 2 on conv2..conv5 at
 the same targets.
@@ -53,12 +54,46 @@ def layer_rows(cases, batches, targets, device, repeats) -> list[list[object]]:
                         continue
                     low = low.to(device)
                     theory = low.theoretical_speedup((size, size))
-                    row = [name, batch, scheme, f">={target}x", low.rank, f"{theory:.2f}x"]
-                    for t_dense, t_low in latencies_by_format([conv, low], x, repeats).values():
-                        measured = t_dense / t_low
-                        row += [f"{1e3 * t_dense:.2f} / {1e3 * t_low:.2f}", f"{measured:.2f}x", f"{measured / theory:.2f}"]
-                    rows.append(row)
+                    rows.append([name, batch, scheme, f">={target}x", low.rank, f"{theory:.2f}x"]
+                                + measured_cells(conv, low, x, repeats, theory))
                     print(rows[-1], flush=True)
+    return rows
+
+
+def measured_cells(dense: nn.Module, low: nn.Module, x: torch.Tensor, repeats: int, theory: float) -> list[str]:
+    """Per memory format: dense / low-rank ms, measured speedup, efficiency (measured / theoretical)."""
+    cells = []
+    for t_dense, t_low in latencies_by_format([dense, low], x, repeats).values():
+        measured = t_dense / t_low
+        cells += [f"{1e3 * t_dense:.2f} / {1e3 * t_low:.2f}", f"{measured:.2f}x", f"{measured / theory:.2f}"]
+    return cells
+
+
+# (label, in, out, kernel, groups, size, ranks per group: ints, or MAC reduction targets as "2x")
+COVERAGE = [("grouped 3x3 128->128 g=32 @28", 128, 128, 3, 32, 28, ["2x", "4x"]),
+            ("grouped 3x3 256->256 g=8 @14", 256, 256, 3, 8, 14, ["2x", "4x"]),
+            ("depthwise 5x5 C=256 @28", 256, 256, 5, 256, 28, [1, 2]),
+            ("depthwise 7x7 C=384 @14", 384, 384, 7, 384, 14, [1, 2, 3]),
+            ("1x1 256->256 @28", 256, 256, 1, 1, 28, ["2x", "4x"]),
+            ("1x1 512->2048 @7", 512, 2048, 1, 1, 7, ["2x", "4x"])]
+
+
+def coverage_rows(device: str, repeats: int) -> list[list[object]]:
+    """Scheme 2 on grouped, depthwise and 1x1 convolutions (random factors), batch 1 and 32."""
+    method = methods.get("scheme2")
+    rows = []
+    for label, c, n, k, groups, size, choices in COVERAGE:
+        conv = nn.Conv2d(c, n, k, padding=k // 2, groups=groups).to(device)
+        geometry = ConvGeometry.of(conv)
+        for batch in (1, 32):
+            x = torch.randn(batch, c, size, size, device=device)
+            for choice in choices:
+                rank = choice if isinstance(choice, int) else method.rank_for_speedup(
+                    geometry, (size, size), float(choice[:-1]))
+                low = random_module(method, geometry, rank).to(device)
+                theory = low.theoretical_speedup((size, size))
+                rows.append([label, batch, rank, f"{theory:.2f}x"] + measured_cells(conv, low, x, repeats, theory))
+                print(rows[-1], flush=True)
     return rows
 
 
@@ -113,10 +148,25 @@ def whole_model_rows(targets, device, repeats) -> list[list[object]]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.inference_speed", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="bundled shapes and batch 1 only")
+    parser.add_argument("--coverage-only", action="store_true",
+                        help="only the grouped, depthwise and 1x1 rows (their own RESULTS section)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--repeats", type=int, default=10)
     args = parser.parse_args(argv)
     torch.backends.cudnn.benchmark = args.device.startswith("cuda")
+    coverage = coverage_rows(args.device, args.repeats)
+    write_section(f"coverage-{args.device}", "\n\n".join([
+        f"## Grouped, depthwise and 1x1 convolutions on {args.device} "
+        f"(`python -m benchmarks.inference_speed --device {args.device}`)",
+        f"Machine: {machine()}.",
+        "Scheme 2 per group (depthwise: each kernel a sum of K separable filters; 1x1: two 1x1 convs) with random "
+        "factors against the dense conv, calls alternating; rank = K per group, for a MAC reduction target or given; "
+        "theoretical = dense MACs / low-rank MACs; efficiency = measured / theoretical.",
+        markdown_table(["layer", "batch", "rank", "theoretical", "NCHW dense / low-rank ms", "NCHW measured",
+                        "NCHW efficiency", "channels_last dense / low-rank ms", "channels_last measured",
+                        "channels_last efficiency"], coverage)]))
+    if args.coverage_only:
+        return
     targets = (2, 4)
     cases = BUNDLED if args.quick else BUNDLED + VGG
     batches = (1,) if args.quick else (1, 32)

@@ -139,6 +139,16 @@ def check_weights(weights: np.ndarray) -> np.ndarray:
     return weights
 
 
+def check_batch(weights: np.ndarray) -> np.ndarray:
+    """Validate P problems' weights (P, N, C, kh, kw), each with ``check_weights``."""
+    weights = np.asarray(weights)
+    if weights.ndim != 5:
+        raise ProblemError(f"weights must be (P, N, C, kh, kw), got shape {weights.shape}")
+    for single in weights:
+        check_weights(single)
+    return weights
+
+
 def filter_objective(weights: np.ndarray, dtype=jnp.float32) -> Quadratic:
     """||W - W_hat||_F^2 / ||W||_F^2 as a Quadratic."""
     weights = check_weights(weights)

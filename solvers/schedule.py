@@ -1,8 +1,9 @@
 """The lambda continuation schedule of the Scheme 1 solver.
 
 lambda grows geometrically from ``lambda_min`` by ``growth`` per stage, capped at
-``lambda_max``; each stage runs ``steps_per_stage`` proximal-gradient steps warm started from
-the previous stage, and the schedule stops early once every basis is numerically rank 1
+``lambda_max``; each stage runs proximal-gradient steps warm started from the previous stage
+until the objective changes by less than ``tolerance`` (relative) from one step to the next,
+at most ``steps_per_stage``, and the schedule ends once every basis is numerically rank 1
 (sigma_2/sigma_1 < ``rank_tol``). lambda is relative: objectives are normalised so that the
 loss of the zero approximation is 1.
 """
@@ -25,6 +26,7 @@ class LambdaSchedule(NamedTuple):
     max_stages: int = 20
     steps_per_stage: int = 50
     rank_tol: float = 1e-3
+    tolerance: float = 1e-5
 
     def validate(self) -> "LambdaSchedule":
         """Return self, or raise ProblemError naming the first setting out of range."""
@@ -41,6 +43,8 @@ class LambdaSchedule(NamedTuple):
                 f"max_stages and steps_per_stage must be >= 1, got {self.max_stages} and {self.steps_per_stage}")
         if not 0 < self.rank_tol < 1:
             raise ProblemError(f"rank_tol must lie in (0, 1), got {self.rank_tol}")
+        if not (np.isfinite(self.tolerance) and self.tolerance >= 0):
+            raise ProblemError(f"tolerance must be a finite number >= 0, got {self.tolerance}")
         return self
 
     def values(self) -> np.ndarray:

@@ -15,12 +15,13 @@ lambda follows a continuation schedule (solvers.schedule) from the lambda = 0 op
 rank-M truncated SVD of W reshaped to (N*C) x d^2, warm started stage to stage, until every
 basis is numerically rank 1. Each basis is then cut to its top singular pair and the
 coefficients are refitted in closed form. With M = kh*kw the canonical separable basis
-(e_y e_x^T) spans every filter exactly, so no schedule runs. Problems of equal shape are solved together with
-vmap; a problem that has converged is frozen while the others go on.
+(e_y e_x^T) spans every filter exactly, so no schedule runs. The whole schedule is one compiled
+program (``lax.scan`` over stages, a ``while_loop`` in each that stops once the objective
+settles); problems of equal shape are solved together with vmap, and a problem whose bases are
+rank 1 is frozen while the others go on.
 """
 from __future__ import annotations
 
-import time
 from typing import NamedTuple
 
 import jax
@@ -31,21 +32,21 @@ import optax
 from solvers import prox
 from solvers.errors import DivergenceError, ProblemError
 from solvers.linear import solve_shared_design
-from solvers.objectives import Quadratic, check_weights, stack_quadratics
+from solvers.objectives import Quadratic, check_batch, stack_quadratics
 from solvers.parallel import shard_leading_axis
 from solvers.schedule import LambdaSchedule
 
 
 class StageReport(NamedTuple):
-    """Diagnostics of one lambda stage, one entry per problem of the batch."""
+    """Diagnostics of one lambda stage, one entry per problem of the batch (``steps`` 0 for a
+    problem whose bases were already rank 1)."""
 
     lam: np.ndarray
     objective: np.ndarray
     fit_error: np.ndarray
     max_rank_ratio: np.ndarray
     min_top_energy: np.ndarray
-    steps: int
-    seconds: float
+    steps: np.ndarray
 
 
 class Scheme1Result(NamedTuple):
@@ -117,16 +118,44 @@ def _palm_step(carry, quad: Quadratic, lam: jax.Array):
     return coeffs, bases
 
 
-def _run_stage(coeffs, bases, quad: Quadratic, lam, active, steps: int):
-    """``steps`` PALM steps at penalty ``lam`` for one problem (frozen unless ``active``)."""
-    new_coeffs, new_bases = jax.lax.fori_loop(
-        0, steps, lambda _, carry: _palm_step(carry, quad, lam), (coeffs, bases))
-    coeffs = jnp.where(active, new_coeffs, coeffs)
-    bases = jnp.where(active, new_bases, bases)
+def _penalised(coeffs, bases, quad: Quadratic, lam):
+    """(objective, fit): the loss plus lambda times the bases' nuclear norms, and the loss."""
     fit = quad.loss(compose(coeffs, bases))
-    objective = fit + lam * prox.nuclear_norm(bases).sum()
-    ratios = prox.rank_one_ratio(bases)
-    return coeffs, bases, objective, fit, ratios.max(), prox.energy_in_top_singular_value(bases).min()
+    return fit + lam * prox.nuclear_norm(bases).sum(), fit
+
+
+def _run_stage(carry, lam, quad: Quadratic, max_steps: int, rank_tol: float, tolerance: float):
+    """PALM steps at penalty ``lam`` until the objective changes by less than ``tolerance``
+    (relative) or ``max_steps``; none once every basis is rank 1. Returns the stage's report."""
+    coeffs, bases, done = carry
+    tiny = jnp.finfo(bases.dtype).tiny
+
+    def unconverged(state):
+        step, _, _, _, change = state
+        return (step < max_steps) & (change > tolerance)
+
+    def step(state):
+        count, coeffs, bases, previous, _ = state
+        coeffs, bases = _palm_step((coeffs, bases), quad, lam)
+        objective, _ = _penalised(coeffs, bases, quad, lam)
+        return count + 1, coeffs, bases, objective, jnp.abs(previous - objective) / jnp.maximum(jnp.abs(objective), tiny)
+
+    start, _ = _penalised(coeffs, bases, quad, lam)
+    first_change = jnp.where(done, 0.0, jnp.inf).astype(bases.dtype)
+    steps, coeffs, bases, objective, _ = jax.lax.while_loop(unconverged, step, (0, coeffs, bases, start, first_change))
+    objective, fit = _penalised(coeffs, bases, quad, lam)
+    ratio = prox.rank_one_ratio(bases).max()
+    report = (lam, objective, fit, ratio, prox.energy_in_top_singular_value(bases).min(), steps)
+    return (coeffs, bases, done | (ratio < rank_tol)), report
+
+
+def _solve(scaled, quad: Quadratic, lambdas, num_bases: int, max_steps: int, rank_tol: float, tolerance: float):
+    """One problem: the lambda = 0 start, the whole schedule (``lax.scan`` over stages), the
+    rank-1 cut and the coefficient refit, in one compiled program."""
+    coeffs, bases = svd_start(scaled, num_bases)
+    stage = lambda carry, lam: _run_stage(carry, lam, quad, max_steps, rank_tol, tolerance)
+    (coeffs, bases, _), reports = jax.lax.scan(stage, (coeffs, bases, jnp.asarray(False)), lambdas)
+    return _truncate_and_refit(coeffs, bases, quad), reports
 
 
 def _truncate_and_refit(coeffs, bases, quad: Quadratic):
@@ -147,9 +176,7 @@ def _refit(vertical, horizontal, quad: Quadratic, n: int, c: int):
     return vertical, horizontal, refit, quad.loss(compose(refit, separable))
 
 
-_batched_start = jax.jit(jax.vmap(svd_start, in_axes=(0, None)), static_argnums=1)
-_batched_stage = jax.jit(jax.vmap(_run_stage, in_axes=(0, 0, 0, 0, 0, None)), static_argnums=5)
-_batched_refit = jax.jit(jax.vmap(_truncate_and_refit))
+_batched_solve = jax.jit(jax.vmap(_solve, in_axes=(0, 0, 0, None, None, None, None)), static_argnums=(3, 4, 5, 6))
 _batched_canonical = jax.jit(jax.vmap(_refit, in_axes=(None, None, 0, None, None)), static_argnums=(3, 4))
 
 
@@ -168,14 +195,10 @@ def fit_batch(weights: np.ndarray, quads: Quadratic, num_bases: int,
     Returns:
       Scheme1Result with bases and coefficients in the units of the weights.
     Raises:
-      ValueError for bad weights, M or schedule; FloatingPointError naming the stage where
-      the solve went non-finite.
+      ProblemError for bad weights, M or schedule; DivergenceError naming the stage where the
+      solve went non-finite.
     """
-    weights = np.asarray(weights)
-    if weights.ndim != 5:
-        raise ProblemError(f"weights must be (P, N, C, kh, kw), got shape {weights.shape}")
-    for single in weights:
-        check_weights(single)
+    weights = check_batch(weights)
     check_bases(weights.shape[1:], num_bases)
     lambdas = schedule.validate().values()
     problems = weights.shape[0]
@@ -190,30 +213,21 @@ def fit_batch(weights: np.ndarray, quads: Quadratic, num_bases: int,
         eye = np.eye(kh * kw).reshape(kh * kw, kh, kw)
         canonical = (jnp.asarray(eye.sum(2), dtype), jnp.asarray(eye.sum(1), dtype))
         return _finish(_batched_canonical(*canonical, quads, n, c), weight_scale, np.zeros(problems), [])
-    coeffs, bases = _batched_start(scaled, num_bases)
-    active = np.ones(problems, bool)
-    final_lambda = np.zeros(problems)
-    stages: list[StageReport] = []
-    for index, lam in enumerate(lambdas):
-        start = time.perf_counter()
-        lam_each = lam * scale
-        coeffs, bases, objective, fit, ratio, energy = jax.block_until_ready(_batched_stage(
-            coeffs, bases, quads, jnp.asarray(lam_each, dtype), jnp.asarray(active),
-            schedule.steps_per_stage))
-        report = StageReport(lam_each, np.asarray(objective), np.asarray(fit), np.asarray(ratio),
-                             np.asarray(energy), schedule.steps_per_stage, time.perf_counter() - start)
-        if not np.all(np.isfinite(report.objective)):
-            bad = np.flatnonzero(~np.isfinite(report.objective)).tolist()
-            raise DivergenceError(
-                f"Scheme 1 solve went non-finite at stage {index} (lambda={lam:g}) for problem(s) {bad}")
-        stages.append(report)
-        final_lambda = np.where(active, lam_each, final_lambda)
-        if progress is not None:
+    lambdas = jnp.asarray(np.outer(scale, lambdas), dtype)
+    factors, reports = _batched_solve(scaled, quads, lambdas, num_bases, schedule.steps_per_stage,
+                                      schedule.rank_tol, schedule.tolerance)
+    reports = [np.asarray(values) for values in jax.block_until_ready(reports)]  # each (P, stages)
+    ran = reports[-1] > 0
+    if not np.all(np.isfinite(reports[1][ran])):
+        stage, problem = np.argwhere(ran & ~np.isfinite(reports[1]))[0]
+        raise DivergenceError(f"Scheme 1 solve went non-finite at stage {stage} "
+                              f"(lambda={reports[0][problem, stage]:g}) for problem {problem}")
+    stages = [StageReport(*(values[:, index] for values in reports)) for index in np.flatnonzero(ran.any(0))]
+    if progress is not None:
+        for index, report in enumerate(stages):
             progress(index, report)
-        active &= report.max_rank_ratio >= schedule.rank_tol
-        if not active.any():
-            break
-    return _finish(_batched_refit(coeffs, bases, quads), weight_scale, final_lambda, stages)
+    last = np.where(ran.any(1), ran.shape[1] - 1 - np.argmax(ran[:, ::-1], axis=1), 0)
+    return _finish(factors, weight_scale, reports[0][np.arange(problems), last], stages)
 
 
 def _finish(factors, weight_scale: np.ndarray, final_lambda: np.ndarray, stages: list[StageReport]) -> Scheme1Result:

@@ -21,7 +21,7 @@ import optax
 
 from solvers.errors import DivergenceError, ProblemError
 from solvers.linear import RIDGE, solve_shared_design
-from solvers.objectives import Quadratic, check_weights, stack_quadratics
+from solvers.objectives import Quadratic, check_batch, stack_quadratics
 from solvers.parallel import shard_leading_axis
 
 
@@ -171,11 +171,7 @@ def fit_batch(weights: np.ndarray, rank: int, quads: Quadratic | None = None, it
 
     Raises ProblemError for bad weights or K, DivergenceError if the solve goes non-finite.
     """
-    weights = np.asarray(weights)
-    if weights.ndim != 5:
-        raise ProblemError(f"weights must be (P, N, C, kh, kw), got shape {weights.shape}")
-    for single in weights:
-        check_weights(single)
+    weights = check_batch(weights)
     check_rank(weights.shape[1:], rank)
     start = time.perf_counter()
     dtype = jnp.float32 if quads is None else quads.B.dtype

@@ -166,7 +166,7 @@ def test_interrupt_keeps_saved_layers(tmp_path, capsys, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("recon.pipeline.compress.fit_layer", interrupted)
+    monkeypatch.setattr("recon.pipeline.compress.fit_layers", interrupted)
     code, _, err = run_fit(capsys, "--model", TINY, "--layer", "features.4", "--bases", "2", "--out", str(out))
     assert code == 130 and "not damaged" in err
     assert out.read_bytes() == before

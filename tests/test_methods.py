@@ -193,3 +193,19 @@ def test_linear_data_fit_is_reduced_rank_regression_and_beats_the_svd():
         assert lost(data.module) < lost(weights.layers["2"].module)
     full = recon.compress(model, batches, layers="2", method="svd", ranks=6, progress=False).layers["2"]
     assert full.output_variance_lost == pytest.approx(0.0, abs=1e-5)
+
+
+def test_layers_are_solved_as_batches_with_the_results_of_solving_them_alone():
+    """scheme1 pads layers of one kernel to one shape; scheme2 stacks layers (and groups) of one shape."""
+    from recon.pipeline.fitting import fit_layers
+
+    torch.manual_seed(0)
+    cases = {"scheme1": {"a": nn.Conv2d(8, 16, 3), "b": nn.Conv2d(16, 32, 3), "c": nn.Conv2d(4, 8, 3)},
+             "scheme2": {"a": nn.Conv2d(8, 8, 3, groups=2), "b": nn.Conv2d(8, 8, 3, groups=2)}}
+    for name, layers in cases.items():
+        method = methods.get(name)
+        ranks = {layer: 3 for layer in layers}
+        together = fit_layers(method, layers, ranks, {layer: None for layer in layers}, SolverOptions())
+        for layer_name, layer in layers.items():
+            alone = fit_layer(method, layer, layer_name, 3, None, SolverOptions())
+            assert together[layer_name].filter_energy_lost == pytest.approx(alone.filter_energy_lost, abs=1e-3)

@@ -105,7 +105,7 @@ def test_policy_arguments_are_checked_at_once():
 def test_target_speedup_end_to_end_fits_chosen_ranks():
     example = torch.randn(4, 3, 10, 10)
     result = recon.compress(tiny(), tiny_batches, ranks=TargetSpeedup(1.3, example), progress=False)
-    assert set(result.layers) <= {"features.0", "features.4"}
+    assert set(result.layers) <= {"features.0", "features.2", "features.4"}
     assert result.outcome is not None and result.outcome.target == 1.3
     assert result.outcome.met == (result.outcome.measured >= 1.3)
 

@@ -94,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     schedule.add_argument("--steps-per-stage", type=common.positive_int, default=SCHEDULE.steps_per_stage)
     schedule.add_argument("--rank-tol", type=common.positive_float, default=SCHEDULE.rank_tol,
                           help="stop once every basis has sigma2/sigma1 below this")
+    schedule.add_argument("--stage-tolerance", type=common.nonnegative_float, default=SCHEDULE.tolerance,
+                          help="end a stage once the objective changes by less than this (relative) per step")
     timing = parser.add_argument_group("measured speed")
     timing.add_argument("--guard", action="store_true",
                         help="time each fitted layer against its dense layer (batch of --guard-batch) and keep the "
@@ -222,7 +224,7 @@ def fit(args: argparse.Namespace) -> int:
         warn_if_slower(record)
 
     schedule = LambdaSchedule(args.lambda_min, args.lambda_max, args.lambda_growth, args.stages, args.steps_per_stage,
-                              args.rank_tol)
+                              args.rank_tol, args.stage_tolerance)
     LOG.info("fitting %s of %s: %s, %s reconstruction%s", ", ".join(args.layer), args.model, method.name, mode,
              " (asymmetric)" if args.asymmetric else "")
     result = compress(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
+from collections.abc import Hashable
 from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
@@ -83,9 +84,10 @@ class Method(ABC):
     fits_data: ClassVar[bool] = False
     v1_rank_key: ClassVar[str] = "vertical"
 
-    @abstractmethod
     def eligible(self, layer: nn.Module) -> str | None:
-        """None when this method can replace ``layer``, else the reason it cannot."""
+        """None when this method can replace ``layer``, else the reason it cannot; by default
+        a plain, ungrouped, zero-padded ``nn.Conv2d`` with a kernel larger than 1x1."""
+        return conv_refusal(layer)
 
     @abstractmethod
     def max_rank(self, geometry: Geometry) -> int:
@@ -121,6 +123,16 @@ class Method(ABC):
         ``moments`` (input statistics) select data reconstruction; None, filter reconstruction.
         ``groups`` > 1 only reaches methods whose ``eligible`` accepts grouped convolutions.
         """
+
+    def batch_key(self, geometry: Geometry, rank: Any, data_mode: bool) -> Hashable:
+        """Layers with equal keys are solved together by ``fit_many``; default: equal shapes."""
+        return (geometry.weight_shape, geometry.groups, rank, data_mode)
+
+    def fit_many(self, problems: list[tuple[np.ndarray, Moments | None]], rank: Any, options: SolverOptions,
+                 groups: int = 1) -> list[Fitted]:
+        """``fit`` for several layers sharing a ``batch_key`` ((weights, moments) each); one by
+        one unless a method solves them as one batch."""
+        return [self.fit(weights, rank, moments, options, groups) for weights, moments in problems]
 
     def quick_fit(self, weights: np.ndarray, rank: Any, groups: int = 1) -> Fitted:
         """Factors made fast, to time the module on realistic activations (the time of a whole

@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 import numpy as np
-from torch import nn
 
 from recon.errors import FitError
-from recon.methods.base import Fitted, Method, SolverOptions, conv_refusal
+from recon.methods.base import Fitted, Method, SolverOptions
 from recon.nn import ConvGeometry, CPConv
 from solvers.objectives import Moments
 
@@ -29,9 +28,6 @@ class CP(Method):
     name = "cp"
     summary = "CP (Lebedev et al. 2015): pointwise, depthwise vertical, depthwise horizontal, pointwise; filter mode"
     module_class = CPConv
-
-    def eligible(self, layer: nn.Module) -> str | None:
-        return conv_refusal(layer)
 
     def max_rank(self, geometry: ConvGeometry) -> int:
         """A rank that reproduces any weight tensor: the product of all dimensions but the largest."""

@@ -4,12 +4,11 @@ separable bases, fitted by proximal gradient with a nuclear-norm lambda schedule
 from __future__ import annotations
 
 import numpy as np
-from torch import nn
 
-from recon.methods.base import Fitted, Method, SolverOptions, conv_refusal
+from recon.methods.base import Fitted, Method, SolverOptions
 from recon.nn import ConvGeometry, Scheme1Conv
 from solvers import scheme1
-from solvers.objectives import Moments, data_objective, filter_objective
+from solvers.objectives import Moments, data_objective, filter_objective, stack_quadratics
 
 
 class Scheme1(Method):
@@ -17,9 +16,6 @@ class Scheme1(Method):
     summary = "Jaderberg Scheme 1: M shared separable bases and a 1x1 mix; filter or data mode"
     module_class = Scheme1Conv
     fits_data = True
-
-    def eligible(self, layer: nn.Module) -> str | None:
-        return conv_refusal(layer)
 
     def max_rank(self, geometry: ConvGeometry) -> int:
         return scheme1.max_bases(geometry.weight_shape)
@@ -29,13 +25,32 @@ class Scheme1(Method):
 
     def fit(self, weights: np.ndarray, rank: int, moments: Moments | None, options: SolverOptions,
             groups: int = 1) -> Fitted:
-        quad = filter_objective(weights) if moments is None else data_objective(weights, moments, options.ridge)
-        result = scheme1.fit(weights.astype(np.float32), quad, rank, options.schedule)
-        history = {"lambda": np.array([s.lam[0] for s in result.stages]),
-                   "objective": np.array([s.objective[0] for s in result.stages]),
-                   "rank_ratio": np.array([s.max_rank_ratio[0] for s in result.stages])}
-        factors = {"vertical": result.vertical[0], "horizontal": result.horizontal[0], "coeffs": result.coeffs[0]}
-        return Fitted(factors, rank, history)
+        return self.fit_many([(weights, moments)], rank, options)[0]
+
+    def batch_key(self, geometry: ConvGeometry, rank: int, data_mode: bool) -> tuple:
+        """Filter mode: one batch per kernel size and M, layers zero-padded to the largest
+        N and C (exact: zero weights keep zero coefficients, the bases see the same problem);
+        data mode: equal shapes."""
+        return (geometry.kernel_size, rank) if not data_mode else super().batch_key(geometry, rank, data_mode)
+
+    def fit_many(self, problems: list[tuple[np.ndarray, Moments | None]], rank: int, options: SolverOptions,
+                 groups: int = 1) -> list[Fitted]:
+        n = max(w.shape[0] for w, _ in problems)
+        c = max(w.shape[1] for w, _ in problems)
+        padded = np.stack([np.pad(w, ((0, n - w.shape[0]), (0, c - w.shape[1]), (0, 0), (0, 0))) for w, _ in problems])
+        quads = stack_quadratics([filter_objective(w) if m is None else data_objective(w, m, options.ridge)
+                                  for w, m in zip(padded, (m for _, m in problems))])
+        result = scheme1.fit_batch(padded.astype(np.float32), quads, rank, options.schedule)
+        fitted = []
+        for index, (weights, _) in enumerate(problems):
+            ran = [s for s in result.stages if s.steps[index] > 0]
+            history = {"lambda": np.array([s.lam[index] for s in ran]),
+                       "objective": np.array([s.objective[index] for s in ran]),
+                       "rank_ratio": np.array([s.max_rank_ratio[index] for s in ran])}
+            coeffs = result.coeffs[index, : weights.shape[0], : weights.shape[1]]
+            fitted.append(Fitted({"vertical": result.vertical[index], "horizontal": result.horizontal[index],
+                                  "coeffs": coeffs}, rank, history))
+        return fitted
 
     def quick_fit(self, weights: np.ndarray, rank: int, groups: int = 1) -> Fitted:
         """The lambda = 0 start without the schedule: the top M right singular vectors of W as

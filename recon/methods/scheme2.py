@@ -41,13 +41,21 @@ class Scheme2(Method):
 
     def fit(self, weights: np.ndarray, rank: int, moments: Moments | None, options: SolverOptions,
             groups: int = 1) -> Fitted:
-        problems = split_groups(weights, groups)
-        quads = None if moments is None else stack_quadratics(
-            [data_objective(w, moments.group(g), options.ridge) for g, w in enumerate(problems)])
-        result = scheme2.fit_batch(problems.astype(np.float32), rank, quads, options.lbfgs_iterations)
-        n, c, kh, kw = weights.shape
-        return Fitted({"vertical": result.vertical.reshape(groups * rank, c, kh),
-                       "horizontal": result.horizontal.reshape(n, rank, kw)}, rank, {})
+        return self.fit_many([(weights, moments)], rank, options, groups)[0]
+
+    def fit_many(self, problems: list[tuple[np.ndarray, Moments | None]], rank: int, options: SolverOptions,
+                 groups: int = 1) -> list[Fitted]:
+        """Every group of every layer (all of one shape) as one batch of the solver."""
+        weights = np.concatenate([split_groups(w, groups) for w, _ in problems])
+        quads = None
+        if problems[0][1] is not None:
+            quads = stack_quadratics([data_objective(group, moments.group(g), options.ridge)
+                                      for w, moments in problems for g, group in enumerate(split_groups(w, groups))])
+        result = scheme2.fit_batch(weights.astype(np.float32), rank, quads, options.lbfgs_iterations)
+        n, c, kh, kw = problems[0][0].shape
+        vertical = result.vertical.reshape(len(problems), groups * rank, c, kh)
+        horizontal = result.horizontal.reshape(len(problems), n, rank, kw)
+        return [Fitted({"vertical": v, "horizontal": h}, rank, {}) for v, h in zip(vertical, horizontal)]
 
     def rank_errors(self, weights: np.ndarray, covariance: np.ndarray | None, groups: int = 1) -> np.ndarray:
         """Exact for the truncated SVD; a grouped layer's error sums its groups' errors."""

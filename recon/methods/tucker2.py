@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from torch import nn
 
 from recon.errors import ConfigError
-from recon.methods.base import Fitted, Method, SolverOptions, conv_refusal
+from recon.methods.base import Fitted, Method, SolverOptions
 from recon.nn import ConvGeometry, Tucker2Conv
 from solvers.objectives import Moments
 from solvers.vbmf import evbmf_rank
@@ -33,9 +32,6 @@ class Tucker2(Method):
     name = "tucker2"
     summary = "Tucker-2 (Kim et al. 2016): pointwise, core conv, pointwise; rank R, (R_out, R_in) or 'evbmf'; filter mode"
     module_class = Tucker2Conv
-
-    def eligible(self, layer: nn.Module) -> str | None:
-        return conv_refusal(layer)
 
     def max_rank(self, geometry: ConvGeometry) -> int:
         return max(geometry.in_channels, geometry.out_channels)

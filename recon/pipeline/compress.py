@@ -33,7 +33,7 @@ from recon.io.hashing import model_sha256
 from recon.methods import Method, SolverOptions
 from recon.pipeline.batches import Batches, DataSource
 from recon.pipeline.config import CompressConfig
-from recon.pipeline.fitting import fit_layer, to_numpy
+from recon.pipeline.fitting import fit_layer, fit_layers, to_numpy
 from recon.pipeline.observe import observe, observe_asymmetric
 from recon.pipeline.policies import Fixed, Outcome, RankPolicy, RankProblem, TargetSpeedup
 from recon.pipeline.report import table
@@ -203,17 +203,23 @@ def compress(model: nn.Module, data: DataSource | None = None, *, layers: LayerS
                           {name: plan.method.geometry(work.get_submodule(name)) for name in plan.layers},
                           {name: to_numpy(work.get_submodule(name).weight) for name in plan.layers},
                           shapes, symmetric, fit, LOG.info)
-    chosen = plan.policy.choose(problem)
+    chosen = {name: rank for name, rank in plan.policy.choose(problem).items() if rank is not None}
     records: dict[str, LayerRecord] = {}
     guard_inputs = _guard_inputs(work, plan.layers, example, timing_batch) if guard else {}
-    for name in plan.layers:
-        if chosen.get(name) is None:
-            continue
-        moments = None
-        if plan.mode == "data" and asymmetric and (symmetric is None or any(r.kept for r in records.values())):
+    # without asymmetry every layer's statistics are known now: solve layers of one shape together
+    fitted = {} if asymmetric else fit_layers(
+        plan.method, {name: work.get_submodule(name) for name in chosen}, chosen,
+        {name: None if symmetric is None else symmetric[name] for name in chosen}, solver, shapes,
+        plan.config.to_dict())
+    for name in (name for name in plan.layers if name in chosen):
+        if name in fitted:
+            record = fitted[name]
+        elif symmetric is not None and not any(r.kept for r in records.values()):
             # until a layer is replaced, the approximated model is the dense one: x_hat = x, symmetric
-            moments = observe_asymmetric(work, approx, batches, name, patches_per_image, solver.seed, progress)
-        record = fit(name, chosen[name], moments)
+            record = fit(name, chosen[name])
+        else:
+            record = fit(name, chosen[name], observe_asymmetric(work, approx, batches, name, patches_per_image,
+                                                                solver.seed, progress))
         _warn_about_statistics(record, solver.ridge)
         if record.output_variance_lost > max_output_loss and dense_when_lossy:
             record.dense_reason = f"output variance lost {record.output_variance_lost:.3f} > {max_output_loss:g}"
@@ -232,7 +238,7 @@ def compress(model: nn.Module, data: DataSource | None = None, *, layers: LayerS
     for record in records.values():
         record.module = record.module.to(home)
     return Compression(approx, records, refusals(model, plan.method), plan.config, model_name or type(model).__name__,
-                       model_sha256(model), outcome, [name for name in plan.layers if chosen.get(name) is None])
+                       model_sha256(model), outcome, [name for name in plan.layers if name not in chosen])
 
 
 def _warn_about_statistics(record: LayerRecord, ridge: float) -> None:

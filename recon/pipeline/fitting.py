@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import math
 import time
+from collections import defaultdict
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from recon import methods
 from recon.errors import FitError, LayerError
 from recon.io.hashing import layer_sha256
-from recon import methods
-from recon.methods import Method, SolverOptions
+from recon.methods import Fitted, Method, SolverOptions
 from recon.record import LayerRecord
 from solvers.conditioning import Conditioning, conditioning
 from solvers.errors import DivergenceError, ProblemError
@@ -71,20 +72,47 @@ def input_conditioning(moments: Moments) -> Conditioning:
     return min(each, key=lambda c: (c.effective_rank / c.dim, -c.unseen, -c.condition))
 
 
+def fit_layers(method: Method, layers: dict[str, nn.Module], ranks: dict[str, Any],
+               moments: dict[str, Moments | None], options: SolverOptions,
+               input_shapes: dict[str, tuple[int, ...]] | None = None,
+               config: dict[str, Any] | None = None) -> dict[str, LayerRecord]:
+    """Fit ``method`` at ``ranks`` to ``layers`` (to their outputs where ``moments`` are given,
+    with the bias refitted from the input means). Layers that share a ``Method.batch_key`` are
+    solved in one batched call (their fit time is the batch's, split evenly). Records come back
+    in the order of ``layers``, modules on each layer's device and dtype."""
+    batches: dict[Any, list[str]] = defaultdict(list)
+    for name, layer in layers.items():
+        batches[method.batch_key(method.geometry(layer), ranks[name], moments[name] is not None)].append(name)
+    records: dict[str, LayerRecord] = {}
+    for names in batches.values():
+        arrays = {name: layer_arrays(layers[name], name) for name in names}
+        rank, groups = ranks[names[0]], method.geometry(layers[names[0]]).groups
+        start = time.perf_counter()
+        try:
+            fitted = method.fit_many([(arrays[name][0], moments[name]) for name in names], rank, options, groups)
+        except (ProblemError, DivergenceError, FitError) as err:
+            raise FitError(f"layer {', '.join(repr(n) for n in names)} ({method.name}, rank {rank}): {err}") from err
+        seconds = (time.perf_counter() - start) / len(names)
+        for name, result in zip(names, fitted):
+            shape = None if input_shapes is None else input_shapes[name]
+            records[name] = _record(method, layers[name], name, result, *arrays[name], moments[name], seconds, shape,
+                                    config or {})
+    return {name: records[name] for name in layers}
+
+
 def fit_layer(method: Method, layer: nn.Module, name: str, rank: Any, moments: Moments | None,
               options: SolverOptions, input_shape: tuple[int, ...] | None = None,
               config: dict[str, Any] | None = None) -> LayerRecord:
-    """Fit ``method`` at ``rank`` to ``layer`` (to its outputs when ``moments`` are given, with
-    the bias refitted from the input means) and return the record, whose module sits on the
-    layer's device and dtype."""
+    """``fit_layers`` for one layer."""
+    shapes = None if input_shape is None else {name: input_shape}
+    return fit_layers(method, {name: layer}, {name: rank}, {name: moments}, options, shapes, config)[name]
+
+
+def _record(method: Method, layer: nn.Module, name: str, fitted: Fitted, weights: np.ndarray, bias: np.ndarray | None,
+            moments: Moments | None, seconds: float, input_shape: tuple[int, ...] | None,
+            config: dict[str, Any]) -> LayerRecord:
+    """The record of one fitted layer: its module (bias refitted in data mode) and its errors."""
     geometry = method.geometry(layer)
-    weights, bias = layer_arrays(layer, name)
-    start = time.perf_counter()
-    try:
-        fitted = method.fit(weights, rank, moments, options, geometry.groups)
-    except (ProblemError, DivergenceError, FitError) as err:
-        raise FitError(f"layer {name!r} ({method.name}, rank {rank}): {err}") from err
-    seconds = time.perf_counter() - start
     w_hat = to_numpy(method.build(geometry, fitted, None).dense_weight())
     bias_hat = bias if moments is None else refit_biases(weights, bias, w_hat, moments, geometry.groups)
     module = method.build(geometry, fitted, bias_hat)
@@ -98,7 +126,7 @@ def fit_layer(method: Method, layer: nn.Module, name: str, rank: Any, moments: M
         filter_energy_lost=filter_relative_error(weights, w_hat), output_variance_lost=output_lost,
         input_shape=input_shape, dense_macs=None if input_shape is None else geometry.dense_macs(input_shape),
         macs=None if input_shape is None else module.macs(input_shape), fit_seconds=seconds,
-        statistics=None if moments is None else input_conditioning(moments), config=config or {},
+        statistics=None if moments is None else input_conditioning(moments), config=config,
         history=fitted.history)
 
 
