@@ -3,7 +3,7 @@ its section of RESULTS.md."""
 from __future__ import annotations
 
 from benchmarks import (accuracy, accuracy_vs_speedup, degenerate, forward_variants, guard, inference_speed,
-                        solver_devices, solver_vs_cvxpy, statistics, target_speedup)
+                        resnet56_fit, solver_devices, solver_vs_cvxpy, statistics, target_speedup)
 
 
 def main() -> None:
@@ -17,6 +17,7 @@ def main() -> None:
     accuracy_vs_speedup.main([])
     statistics.main(["--per-layer"])
     degenerate.main([])
+    resnet56_fit.main([])
 
 
 if __name__ == "__main__":

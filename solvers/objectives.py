@@ -121,6 +121,12 @@ class Quadratic(NamedTuple):
         quad = self.lipschitz * jnp.vdot(flat, flat) if self.A is None else jnp.vdot(flat @ self.A, flat)
         return 1.0 - 2.0 * jnp.vdot(flat, self.B) + quad
 
+    def gradient(self, scaled: jax.Array) -> jax.Array:
+        """The gradient of ``loss`` at ``scaled``, in its shape: 2 (U A - B)."""
+        flat = scaled.reshape(self.B.shape)
+        curvature = self.lipschitz * flat if self.A is None else flat @ self.A
+        return (2.0 * (curvature - self.B)).reshape(scaled.shape)
+
 
 def quadratic_trace(left: np.ndarray, matrix: np.ndarray, right: np.ndarray) -> float:
     """tr(left @ matrix @ right^T) through BLAS matrix products (einsum would loop naively)."""

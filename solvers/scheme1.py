@@ -107,15 +107,23 @@ def _palm_step(carry, quad: Quadratic, lam: jax.Array):
     coeffs, bases = carry
     n, c, m = coeffs.shape
     tiny = jnp.finfo(bases.dtype).tiny
-    grad_bases = jax.grad(lambda s: quad.loss(compose(coeffs, s)))(bases)
-    lip_bases = 2 * quad.lipschitz * _operator_norm_sq(coeffs.reshape(n * c, m)) + tiny
+    rows = coeffs.reshape(n * c, m)
+    # W_hat rows are a[n, c] @ s: the chain rule through compose is two small products
+    residual = quad.gradient(compose(coeffs, bases)).reshape(n * c, -1)
+    grad_bases = (rows.T @ residual).reshape(bases.shape)
+    lip_bases = 2 * quad.lipschitz * _operator_norm_sq(rows) + tiny
     smooth, _ = optax.scale_by_learning_rate(1.0 / lip_bases).update(grad_bases, optax.EmptyState())
     bases = prox.singular_value_threshold(bases + smooth, lam / lip_bases)
-    grad_coeffs = jax.grad(lambda a: quad.loss(compose(a, bases)))(coeffs)
-    lip_coeffs = 2 * quad.lipschitz * _operator_norm_sq(bases.reshape(m, -1).T) + tiny
+    flat_bases = bases.reshape(m, -1)
+    residual = quad.gradient(compose(coeffs, bases)).reshape(n * c, -1)
+    grad_coeffs = (residual @ flat_bases.T).reshape(coeffs.shape)
+    lip_coeffs = 2 * quad.lipschitz * _operator_norm_sq(flat_bases.T) + tiny
     smooth, _ = optax.scale_by_learning_rate(1.0 / lip_coeffs).update(grad_coeffs, optax.EmptyState())
     coeffs = prox.project_columns_to_unit_ball(coeffs + smooth)
     return coeffs, bases
+
+
+CHECK_EVERY = 5  # PALM steps between two evaluations of the objective (each costs an SVD of every basis)
 
 
 def _penalised(coeffs, bases, quad: Quadratic, lam):
@@ -136,9 +144,11 @@ def _run_stage(carry, lam, quad: Quadratic, max_steps: int, rank_tol: float, tol
 
     def step(state):
         count, coeffs, bases, previous, _ = state
-        coeffs, bases = _palm_step((coeffs, bases), quad, lam)
+        coeffs, bases = jax.lax.fori_loop(0, CHECK_EVERY, lambda _, carry: _palm_step(carry, quad, lam),
+                                          (coeffs, bases))
         objective, _ = _penalised(coeffs, bases, quad, lam)
-        return count + 1, coeffs, bases, objective, jnp.abs(previous - objective) / jnp.maximum(jnp.abs(objective), tiny)
+        change = jnp.abs(previous - objective) / jnp.maximum(jnp.abs(objective), tiny) / CHECK_EVERY
+        return count + CHECK_EVERY, coeffs, bases, objective, change
 
     start, _ = _penalised(coeffs, bases, quad, lam)
     first_change = jnp.where(done, 0.0, jnp.inf).astype(bases.dtype)

@@ -218,8 +218,10 @@ def test_update_adds_layers_and_refuses_other_models(saved):
     model, records, path = saved
     model_hash = read_bases(path).model_sha256
     extra = recon.compress(model, layers="features.0", ranks=2, progress=False).layers["features.0"]
-    merged = update_bases(path, "tiny", model_hash, [extra])
-    assert merged.layers["features.0"].rank == 2 and "features.4" in read_bases(path).layers
+    assert sorted(update_bases(path, "tiny", model_hash, [extra])) == ["features.0", "features.4"]
+    updated = read_bases(path).layers
+    assert updated["features.0"].rank == 2
+    torch.testing.assert_close(updated["features.4"].module.coeffs, records["features.4"].module.coeffs)
     with pytest.raises(BasesFileError, match="another model"):
         update_bases(path, "other", "def", [extra])
 
@@ -267,3 +269,16 @@ def test_temporaries_left_by_a_killed_writer_are_removed(saved):
     stale.write_bytes(b"half a file")
     update_bases(path, "tiny", read_bases(path).model_sha256, [records["features.0"]])
     assert not stale.exists()
+
+
+def test_adding_to_a_version_1_file_converts_it(tmp_path):
+    path = tmp_path / "v1.h5"
+    path.write_bytes((DATA / "v1_tiny.h5").read_bytes())
+    old = read_bases(path)
+    extra = recon.compress(tiny(), layers="features.2", ranks=2, progress=False).layers["features.2"]
+    update_bases(path, old.model, old.model_sha256, [extra])
+    new = read_bases(path)
+    assert new.version == 2 and set(new.layers) == {"features.0", "features.2", "features.4"}
+    for name in ("features.0", "features.4"):
+        torch.testing.assert_close(new.layers[name].module.dense_weight(), old.layers[name].module.dense_weight())
+    apply_bases(tiny(), path)

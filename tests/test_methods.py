@@ -196,11 +196,12 @@ def test_linear_data_fit_is_reduced_rank_regression_and_beats_the_svd():
 
 
 def test_layers_are_solved_as_batches_with_the_results_of_solving_them_alone():
-    """scheme1 pads layers of one kernel to one shape; scheme2 stacks layers (and groups) of one shape."""
+    """scheme1 pads the input channels of layers with one N and kernel; scheme2 stacks layers (and
+    groups) of one shape."""
     from recon.pipeline.fitting import fit_layers
 
     torch.manual_seed(0)
-    cases = {"scheme1": {"a": nn.Conv2d(8, 16, 3), "b": nn.Conv2d(16, 32, 3), "c": nn.Conv2d(4, 8, 3)},
+    cases = {"scheme1": {"a": nn.Conv2d(8, 16, 3), "b": nn.Conv2d(3, 16, 3), "c": nn.Conv2d(4, 8, 3)},
              "scheme2": {"a": nn.Conv2d(8, 8, 3, groups=2), "b": nn.Conv2d(8, 8, 3, groups=2)}}
     for name, layers in cases.items():
         method = methods.get(name)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -78,6 +80,27 @@ def device(text: str) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise argparse.ArgumentTypeError("CUDA is not available on this machine")
     return dev
+
+
+def enable_compilation_cache() -> Path | None:
+    """Keep compiled solvers on disk between runs (JAX's persistent compilation cache), in
+    $RECON_JAX_CACHE or ~/.cache/recon/jax (private to the user: a compilation cache is code
+    that will run); RECON_JAX_CACHE=off disables it. The first run of a shape compiles, later
+    runs load."""
+    import jax
+
+    setting = os.environ.get("RECON_JAX_CACHE", "")
+    if setting.lower() == "off":
+        return None
+    folder = Path(setting) if setting else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "recon" / "jax"
+    try:
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError:
+        return None
+    jax.config.update("jax_compilation_cache_dir", str(folder))
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    return folder
 
 
 def _terminate(signum: int, frame) -> None:

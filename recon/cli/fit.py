@@ -218,10 +218,11 @@ def fit(args: argparse.Namespace) -> int:
     check_destination(out, args.model, model_hash)
     policy = _policy(args, data, input_size, model)
 
-    def save(record: LayerRecord) -> None:
-        update_bases(out, args.model, model_hash, [record])
-        LOG.info("%s: saved to %s", record.name, out)
-        warn_if_slower(record)
+    def save(records: list[LayerRecord]) -> None:
+        update_bases(out, args.model, model_hash, records)
+        LOG.info("%s: saved to %s", ", ".join(record.name for record in records), out)
+        for record in records:
+            warn_if_slower(record)
 
     schedule = LambdaSchedule(args.lambda_min, args.lambda_max, args.lambda_growth, args.stages, args.steps_per_stage,
                               args.rank_tol, args.stage_tolerance)
@@ -233,7 +234,7 @@ def fit(args: argparse.Namespace) -> int:
         patches_per_image=args.patches_per_image or None,
         solver=SolverOptions(args.lbfgs_iterations, schedule, args.cp_iterations, args.seed, args.ridge),
         min_speedup=args.min_speedup, timing_batch=args.guard_batch, max_output_loss=args.max_output_loss,
-        dense_when_lossy=args.dense_when_lossy, model_name=args.model, on_layer=save)
+        dense_when_lossy=args.dense_when_lossy, model_name=args.model, on_layers=save)
     _report(args, model, result)
     return TARGET_MISSED if result.outcome is not None and not result.outcome.met else 0
 

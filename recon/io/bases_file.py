@@ -18,11 +18,12 @@ Writes are atomic and locked (``recon.io.atomic``).
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -276,8 +277,10 @@ def _v1_tensors(method: methods.Method, geometry: Geometry, rank: Any, factors: 
     return tensors
 
 
-def read_bases(path: str | os.PathLike) -> BasesFile:
-    """Read and validate a bases file (schema v1 or v2); BasesFileError says what and where."""
+@contextlib.contextmanager
+def _opened(path: str | os.PathLike) -> Iterator[tuple[h5py.File, _Reader, int]]:
+    """The open bases file, a reader of its root attributes and its schema version, after
+    checking that it is one (format, version, the layers group)."""
     path = Path(path)
     if path.is_dir():
         raise BasesFileError(f"{path} is a directory, not a bases file")
@@ -297,6 +300,12 @@ def read_bases(path: str | os.PathLike) -> BasesFile:
             raise BasesFileError(f"{path} has schema version {version}; this recon reads versions 1 and {VERSION}")
         if "layers" not in source:
             raise BasesFileError(f"{path}: group '/layers' is missing")
+        yield source, root, version
+
+
+def read_bases(path: str | os.PathLike) -> BasesFile:
+    """Read and validate a bases file (schema v1 or v2); BasesFileError says what and where."""
+    with _opened(path) as (source, root, version):
         read_layer = _read_layer_v2 if version == VERSION else _read_layer_v1
         layers = {name: read_layer(name, group, f"{path}: layer {name!r}") for name, group in source["layers"].items()}
         return BasesFile(model=root.get("model", str), model_sha256=root.get("model_sha256", str), layers=layers,
@@ -307,17 +316,22 @@ def read_bases(path: str | os.PathLike) -> BasesFile:
 def write_bases(path: str | os.PathLike, bases: BasesFile) -> Path:
     """Write ``bases`` to ``path`` as schema v2, atomically (see ``recon.io.atomic``)."""
     check_folder(path)
+    return replace_atomically(path, lambda temporary: _write(temporary, bases.model, bases.model_sha256,
+                                                             bases.layers.values(), bases.created))
 
-    def write(temporary: Path) -> None:
-        with h5py.File(temporary, "w") as out:
-            out.attrs.update({"format": FORMAT, "version": VERSION, "recon_version": __version__,
-                              "created": bases.created or _dt.datetime.now(_dt.timezone.utc).isoformat(),
-                              "model": bases.model, "model_sha256": bases.model_sha256})
-            layers = out.create_group("layers")
-            for name, record in bases.layers.items():
-                _write_layer(layers.create_group(name), record)
 
-    return replace_atomically(path, write)
+def _write(temporary: Path, model: str, model_hash: str, records: Iterable[LayerRecord], created: str = "",
+           kept_from: h5py.File | None = None, kept: Iterable[str] = ()) -> None:
+    """A schema v2 file holding ``records`` and, copied untouched from ``kept_from``, the layers ``kept``."""
+    with h5py.File(temporary, "w") as out:
+        out.attrs.update({"format": FORMAT, "version": VERSION, "recon_version": __version__,
+                          "created": created or _dt.datetime.now(_dt.timezone.utc).isoformat(),
+                          "model": model, "model_sha256": model_hash})
+        layers = out.create_group("layers")
+        for name in kept:
+            kept_from.copy(kept_from["layers"][name], layers, name=name)
+        for record in records:
+            _write_layer(layers.create_group(record.name), record)
 
 
 def check_folder(path: str | os.PathLike) -> Path:
@@ -342,31 +356,41 @@ def check_destination(path: str | os.PathLike, model: str, model_hash: str) -> N
     model's bases (layers are added to a file of the same model)."""
     target = check_folder(path)
     if target.exists():
-        _check_same_model(target, read_bases(target), model, model_hash)
+        with _opened(target) as (_, root, _):
+            _check_same_model(target, root, model, model_hash)
 
 
-def _check_same_model(path: Path, existing: BasesFile, model: str, model_hash: str) -> None:
-    if existing.model_sha256 != model_hash:
+def _check_same_model(path: Path, root: _Reader, model: str, model_hash: str) -> None:
+    existing_model, existing_hash = root.get("model", str), root.get("model_sha256", str)
+    if existing_hash != model_hash:
         raise BasesFileError(
-            f"{path} holds bases for another model ({existing.model}, sha256 {existing.model_sha256[:12]}...); "
+            f"{path} holds bases for another model ({existing_model}, sha256 {existing_hash[:12]}...); "
             f"refusing to add layers of {model} (sha256 {model_hash[:12]}...). Choose another output file.")
 
 
-def update_bases(path: str | os.PathLike, model: str, model_hash: str, records: list[LayerRecord]) -> BasesFile:
-    """Add or replace ``records`` in the file at ``path`` (created if absent), atomically.
+def update_bases(path: str | os.PathLike, model: str, model_hash: str, records: list[LayerRecord]) -> list[str]:
+    """Add or replace ``records`` in the file at ``path`` (created if absent), atomically;
+    returns the names of the file's layers.
 
-    Layers already in the file and not in ``records`` are kept; the read, merge and write
-    happen under the file's lock, so concurrent updates do not lose each other's layers. A
-    file fitted to another model (different ``model_sha256``) is refused rather than mixed.
+    Layers already in the file and not in ``records`` are kept (copied as they are; a version 1
+    file is converted); the read, merge and write happen under the file's lock, so concurrent
+    updates do not lose each other's layers. A file fitted to another model (different
+    ``model_sha256``) is refused rather than mixed.
     """
     check_folder(path)
+    new = {record.name: record for record in records}
     with exclusive(path) as target:
-        merged: dict[str, LayerRecord] = {}
-        if target.exists():
-            existing = read_bases(target)
-            _check_same_model(target, existing, model, model_hash)
-            merged.update(existing.layers)
-        merged.update({record.name: record for record in records})
-        bases = BasesFile(model=model, model_sha256=model_hash, layers=merged)
-        write_bases(target, bases)
-    return bases
+        if not target.exists():
+            replace_atomically(target, lambda temporary: _write(temporary, model, model_hash, new.values()))
+            return list(new)
+        with _opened(target) as (source, root, version):
+            _check_same_model(target, root, model, model_hash)
+            kept = [name for name in source["layers"] if name not in new]
+            if version != VERSION:
+                converted = read_bases(target).layers
+                records = [converted[name] for name in kept] + list(new.values())
+                replace_atomically(target, lambda temporary: _write(temporary, model, model_hash, records))
+            else:
+                replace_atomically(target, lambda temporary: _write(temporary, model, model_hash, new.values(),
+                                                                     kept_from=source, kept=kept))
+        return kept + list(new)

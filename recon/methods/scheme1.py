@@ -28,26 +28,28 @@ class Scheme1(Method):
         return self.fit_many([(weights, moments)], rank, options)[0]
 
     def batch_key(self, geometry: ConvGeometry, rank: int, data_mode: bool) -> tuple:
-        """Filter mode: one batch per kernel size and M, layers zero-padded to the largest
-        N and C (exact: zero weights keep zero coefficients, the bases see the same problem);
-        data mode: equal shapes."""
-        return (geometry.kernel_size, rank) if not data_mode else super().batch_key(geometry, rank, data_mode)
+        """Filter mode batches layers with the same N, kernel and M, zero-padding their input
+        channels to the most among them (exact: zero weights keep zero coefficients, and the
+        bases see the same problem); data mode batches equal shapes."""
+        if data_mode:
+            return super().batch_key(geometry, rank, data_mode)
+        return (geometry.out_channels, geometry.kernel_size, rank)
 
     def fit_many(self, problems: list[tuple[np.ndarray, Moments | None]], rank: int, options: SolverOptions,
                  groups: int = 1) -> list[Fitted]:
-        n = max(w.shape[0] for w, _ in problems)
-        c = max(w.shape[1] for w, _ in problems)
-        padded = np.stack([np.pad(w, ((0, n - w.shape[0]), (0, c - w.shape[1]), (0, 0), (0, 0))) for w, _ in problems])
+        """Layers sharing a ``batch_key`` as one batch of the solver."""
+        channels = max(w.shape[1] for w, _ in problems)
+        weights = np.stack([np.pad(w, ((0, 0), (0, channels - w.shape[1]), (0, 0), (0, 0))) for w, _ in problems])
         quads = stack_quadratics([filter_objective(w) if m is None else data_objective(w, m, options.ridge)
-                                  for w, m in zip(padded, (m for _, m in problems))])
-        result = scheme1.fit_batch(padded.astype(np.float32), quads, rank, options.schedule)
+                                  for w, (_, m) in zip(weights, problems)])
+        result = scheme1.fit_batch(weights.astype(np.float32), quads, rank, options.schedule)
         fitted = []
-        for index, (weights, _) in enumerate(problems):
+        for index in range(len(problems)):
             ran = [s for s in result.stages if s.steps[index] > 0]
             history = {"lambda": np.array([s.lam[index] for s in ran]),
                        "objective": np.array([s.objective[index] for s in ran]),
                        "rank_ratio": np.array([s.max_rank_ratio[index] for s in ran])}
-            coeffs = result.coeffs[index, : weights.shape[0], : weights.shape[1]]
+            coeffs = result.coeffs[index, :, : problems[index][0].shape[1]]
             fitted.append(Fitted({"vertical": result.vertical[index], "horizontal": result.horizontal[index],
                                   "coeffs": coeffs}, rank, history))
         return fitted

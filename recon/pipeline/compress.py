@@ -149,7 +149,7 @@ def compress(model: nn.Module, data: DataSource | None = None, *, layers: LayerS
              patches_per_image: int | None = 32, solver: SolverOptions = SolverOptions(),
              min_speedup: float = MIN_SPEEDUP, timing_batch: int = 32, max_output_loss: float = 0.3,
              dense_when_lossy: bool = False, model_name: str | None = None, progress: bool = True,
-             on_layer: Callable[[LayerRecord], None] | None = None) -> Compression:
+             on_layers: Callable[[list[LayerRecord]], None] | None = None) -> Compression:
     """Replace layers of ``model`` by low-rank modules; ``model`` itself is not changed.
 
     Args:
@@ -177,7 +177,9 @@ def compress(model: nn.Module, data: DataSource | None = None, *, layers: LayerS
         table (data mode); with ``dense_when_lossy`` it is kept dense instead.
       model_name: what the bases file calls the model (default: its class name).
       progress: progress bars; per-layer events go to the ``recon`` logger.
-      on_layer: called with each kept layer's record as soon as it is fitted (e.g. to save).
+      on_layers: called with the records of kept layers as soon as they are final (e.g. to save):
+        each layer at once when fitted one by one (asymmetric mode), all together after a
+        batched fit.
     """
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -205,6 +207,7 @@ def compress(model: nn.Module, data: DataSource | None = None, *, layers: LayerS
                           shapes, symmetric, fit, LOG.info)
     chosen = {name: rank for name, rank in plan.policy.choose(problem).items() if rank is not None}
     records: dict[str, LayerRecord] = {}
+    pending: list[LayerRecord] = []
     guard_inputs = _guard_inputs(work, plan.layers, example, timing_batch) if guard else {}
     # without asymmetry every layer's statistics are known now: solve layers of one shape together
     fitted = {} if asymmetric else fit_layers(
@@ -231,8 +234,12 @@ def compress(model: nn.Module, data: DataSource | None = None, *, layers: LayerS
         records[name] = record
         LOG.info("%s: %s rank %s fitted in %.2f s%s", name, record.method, record.rank, record.fit_seconds,
                  "" if record.kept else f" (dense kept: {record.dense_reason})")
-        if record.kept and on_layer is not None:
-            on_layer(record)
+        pending += [record] if record.kept else []
+        if pending and on_layers is not None and not fitted:  # fitted one by one: hand each over at once
+            on_layers(pending)
+            pending = []
+    if pending and on_layers is not None:
+        on_layers(pending)
     outcome = plan.policy.outcome(work, approx)
     approx = approx.to(home)
     for record in records.values():
