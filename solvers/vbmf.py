@@ -6,7 +6,8 @@ Gaussian noise of unknown variance sigma^2, the EVBMF solution keeps exactly the
 components with gamma_h > sigma * sqrt(M * x_bar), x_bar = (1 + tau_bar)(1 + alpha / tau_bar),
 alpha = L / M, where tau_bar is the zero of Phi(tau) + Phi(tau / alpha),
 Phi(z) = log(1 + z) / z - 1/2. sigma^2 is
-the minimiser of the (one-dimensional) free energy, found with a bounded scalar search.
+the minimiser of the (one-dimensional, not convex) free energy: the best point of a log grid,
+refined by a bounded scalar search.
 Tucker-2 uses it on the mode unfoldings of conv weights to pick ranks without data.
 """
 from __future__ import annotations
@@ -55,7 +56,11 @@ def noise_variance(singular_values: np.ndarray, shape: tuple[int, int], total_en
         x = s ** 2 / (cols * sigma2)
         return float(np.sum(_free_energy_terms(x, alpha, x_bar)) + residual / (cols * sigma2))
 
-    return float(minimize_scalar(free_energy, bounds=(lower, upper), method="bounded").x)
+    # the free energy is not convex in sigma^2: search a log grid, then refine around its best point
+    grid = np.geomspace(lower, upper, 64)
+    best = int(np.argmin([free_energy(v) for v in grid]))
+    bounds = (grid[max(best - 1, 0)], grid[min(best + 1, len(grid) - 1)])
+    return float(minimize_scalar(free_energy, bounds=bounds, method="bounded").x)
 
 
 def evbmf_rank(matrix: np.ndarray) -> int:
