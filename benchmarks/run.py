@@ -13,6 +13,7 @@ def main() -> None:
     inference_speed.main([])
     accuracy.main([])
     target_speedup.main([])
+    target_speedup.main(["--model", "fmnist-resnet", "--target", "2", "--layouts", "channels_last"])
     guard.main([])
     accuracy_vs_speedup.main([])
     statistics.main(["--per-layer"])

@@ -1,12 +1,12 @@
-"""The --target-speedup check of the CLI itself, timed end to end, in both memory formats.
+"""The --target-speedup check of the CLI itself, timed end to end.
 
-    python -m benchmarks.target_speedup [--target 2.5]
+    python -m benchmarks.target_speedup [--model fmnist-alexnet] [--target 2.5] [--layouts both]
 
-Runs ``python -m recon.fit --layer all --target-speedup T --asymmetric [--channels-last]``
-(data reconstruction, no fine-tuning) as a fresh process and records its wall time (process
-start, imports, compilation included) and what it printed (rank search rounds, per-layer
-table, measured speedup); then ``python -m recon.evaluate --bases FILE`` for test accuracy
-and latency of the result in both memory formats.
+Runs ``python -m recon.fit --model M --layer all --target-speedup T --asymmetric
+[--channels-last]`` (data reconstruction, no fine-tuning) as a fresh process and records its
+wall time (process start, imports, compilation included) and what it printed (rank search
+rounds, per-layer table, measured speedup); then ``python -m recon.evaluate --bases FILE`` for
+test accuracy and latency of the result in both memory formats.
 """
 from __future__ import annotations
 
@@ -33,22 +33,28 @@ def run_command(arguments: list[str]) -> tuple[int, str, float]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.target_speedup", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="fmnist-alexnet", help="bundled model")
     parser.add_argument("--target", type=float, default=2.5)
+    parser.add_argument("--layouts", choices=("both", "channels_last"), default="both",
+                        help="time in channels_last and NCHW, or in channels_last only")
     args = parser.parse_args(argv)
-    parts = [f"## `--target-speedup {args.target:g}` through the CLI (`python -m benchmarks.target_speedup`)",
+    parts = [f"## {args.model}: `--target-speedup {args.target:g}` through the CLI "
+             f"(`python -m benchmarks.target_speedup --model {args.model} --target {args.target:g}`)",
              f"Machine: {machine()}."]
+    layouts = (["--channels-last"], []) if args.layouts == "both" else (["--channels-last"],)
     with tempfile.TemporaryDirectory() as folder:
-        for layout in (["--channels-last"], []):
+        for layout in layouts:
             out = str(Path(folder) / f"target{len(layout)}.h5")
-            command = ["recon.fit", "--layer", "all", "--target-speedup", f"{args.target:g}", "--asymmetric", *layout]
+            command = ["recon.fit", "--model", args.model, "--layer", "all", "--target-speedup", f"{args.target:g}",
+                       "--asymmetric", *layout]
             code, output, seconds = run_command([*command, "--out", out])
             print(output, f"{seconds:.1f} s", sep="\n", flush=True)
             parts.append(f"`python -m {' '.join(command)}` (exit {code}, **{seconds:.0f} s** end to end):\n\n"
                          f"```\n{output}\n```")
-            code, output, _ = run_command(["recon.evaluate", "--bases", out, "--repeats", "50"])
+            code, output, _ = run_command(["recon.evaluate", "--model", args.model, "--bases", out, "--repeats", "50"])
             print(output, flush=True)
             parts.append(f"`python -m recon.evaluate --bases FILE --repeats 50` (exit {code}):\n\n```\n{output}\n```")
-    write_section("target-speedup", "\n\n".join(parts))
+    write_section(f"target-speedup-{args.model}", "\n\n".join(parts))
 
 
 if __name__ == "__main__":

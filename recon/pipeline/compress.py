@@ -235,7 +235,7 @@ def compress(model: nn.Module, data: DataSource | None = None, *, layers: LayerS
         LOG.info("%s: %s rank %s fitted in %.2f s%s", name, record.method, record.rank, record.fit_seconds,
                  "" if record.kept else f" (dense kept: {record.dense_reason})")
         pending += [record] if record.kept else []
-        if pending and on_layers is not None and not fitted:  # fitted one by one: hand each over at once
+        if pending and on_layers is not None and asymmetric:  # fitted one by one: hand each over at once
             on_layers(pending)
             pending = []
     if pending and on_layers is not None:
