@@ -2,6 +2,7 @@
 belongs where it goes."""
 from __future__ import annotations
 
+import logging
 import os
 
 import torch
@@ -15,6 +16,8 @@ from recon.io.hashing import layer_sha256
 from recon.nn import LowRankModule
 from recon.record import LayerRecord
 
+LOG = logging.getLogger("recon")
+IMPLAUSIBLE_ENERGY_LOST = 100.0  # factors whose weights are this far from the layer's (||W_hat - W|| > 10 ||W||) are damage
 MISMATCH_HINT = "refit, or pass allow_mismatch=True (--allow-mismatch on the command line) if that is intended"
 
 
@@ -54,6 +57,11 @@ def check_layer_matches(model: nn.Module, record: LayerRecord, allow_mismatch: b
         raise LayerError(f"{at}: the model's layer {method.geometry(layer)} does not match the bases' {record.geometry}")
     if layer.bias is not None and record.module.bias is None:
         raise BasesFileError(f"{at}: the model's layer has a bias but the bases have none (field 'bias' missing)")
+    recomputed = _filter_energy_lost(layer, record.module)
+    if not recomputed <= IMPLAUSIBLE_ENERGY_LOST:
+        raise BasesFileError(f"{at}: the stored factors compose weights that lose {recomputed:.4g} of the layer's "
+                             f"weight energy (||W_hat - W|| > {IMPLAUSIBLE_ENERGY_LOST ** 0.5:g} ||W||): the file is "
+                             f"damaged; refit (allow_mismatch does not accept this)")
     if allow_mismatch:
         return layer
     weight_hash, bias_hash = layer_sha256(layer)
@@ -63,7 +71,9 @@ def check_layer_matches(model: nn.Module, record: LayerRecord, allow_mismatch: b
     if record.bias_sha256 is not None and bias_hash != record.bias_sha256:
         raise BasesFileError(f"{at}: the model's bias differs from the one the bases were fitted to "
                              f"(bias_sha256 mismatch); {MISMATCH_HINT}")
-    recomputed = _filter_energy_lost(layer, record.module)
+    if record.bias_sha256 is None and layer.bias is not None:
+        LOG.warning("warning: %s: the bases file (schema v1) records no bias hash, so a bias changed since the fit "
+                    "cannot be detected; re-save it with this recon to record one", at)
     if abs(recomputed - record.filter_energy_lost) > 1e-4 + 1e-3 * abs(record.filter_energy_lost):
         raise BasesFileError(f"{at}: the stored factors lose {recomputed:.4g} of the weights' energy, but "
                              f"{record.filter_energy_lost:.4g} was recorded when they were fitted: the file was changed")
@@ -76,7 +86,8 @@ def apply_bases(model: nn.Module, path: str | os.PathLike, allow_mismatch: bool 
     """Replace every layer named in the bases file by its low-rank module, in place.
 
     Every layer is checked first (``check_layer_matches``; ``allow_mismatch`` skips the
-    hashes and the recorded-error check), so a bad file changes nothing. With
+    hashes and the recorded-error check, not the check for damaged factors), so a bad file
+    changes nothing. With
     ``example_input`` the never-slower guard runs: each low-rank module is timed against its
     dense layer on the real input shape and the dense layer stays unless the low-rank one is
     ``min_speedup`` times faster (timed in channels_last when ``channels_last``); decisions

@@ -1,8 +1,10 @@
 """Bases files: v2 round trips, v1 files written by recon 0.1, validation, and writes that
 never lose data (atomic, locked, links followed, permissions kept, stale temporaries removed)."""
+import logging
 import multiprocessing
 import os
 import stat
+import threading
 from pathlib import Path
 
 import h5py
@@ -13,6 +15,7 @@ import torch
 import recon
 from recon import apply_bases, load_bases
 from recon.errors import BasesFileError, LayerError
+from recon.io.atomic import exclusive
 from recon.io.bases_file import BasesFile, read_bases, update_bases, write_bases
 from tests.fixture_models import tiny
 
@@ -76,7 +79,7 @@ def _v1_dense_weight(group: h5py.Group) -> np.ndarray:
 
 
 @pytest.mark.parametrize("file", ["v1_tiny.h5", "v1_tiny_peers.h5"])
-def test_files_written_by_recon_0_1_still_load(file):
+def test_files_written_by_recon_0_1_still_load(file, caplog):
     path = DATA / file
     loaded = read_bases(path)
     assert loaded.version == 1
@@ -86,7 +89,9 @@ def test_files_written_by_recon_0_1_still_load(file):
             np.testing.assert_allclose(record.module.dense_weight().detach().double().numpy(), _v1_dense_weight(group),
                                        rtol=1e-5, atol=1e-6)
             np.testing.assert_array_equal(record.module.bias.detach().numpy(), group["bias"][...])
-    model = apply_bases(tiny(), path)
+    with caplog.at_level(logging.WARNING, logger="recon"):
+        model = apply_bases(tiny(), path)
+    assert "records no bias hash" in caplog.text  # a changed bias would go unseen: say so
     assert {type(m).__name__ for n, m in model.named_modules() if n in loaded.layers} <= {
         "Scheme1Conv", "Scheme2Conv", "CPConv", "Tucker2Conv", "LowRankLinear"}
     assert model(torch.randn(1, 3, 10, 10)).shape == (1, 2)
@@ -161,9 +166,15 @@ def test_a_deleted_bias_is_refused_in_both_schemas(saved, tmp_path):
 def test_overflowing_or_edited_factors_are_refused(saved):
     _, _, path = saved
     with h5py.File(path, "a") as f:
-        f["layers/features.4/coeffs"][...] = 3e38  # finite, but nothing like what was fitted
+        f["layers/features.4/coeffs"][...] *= 1.5  # plausible weights, but not what was fitted
     with pytest.raises(BasesFileError, match="layer 'features.4': the stored factors lose .* the file was changed"):
         apply_bases(tiny(), path)
+    apply_bases(tiny(), path, allow_mismatch=True)
+    with h5py.File(path, "a") as f:
+        f["layers/features.4/coeffs"][...] = 3e38  # finite, but weights ~1e38 times too large: NaN logits
+    for allow in (False, True):
+        with pytest.raises(BasesFileError, match="layer 'features.4': the stored factors compose weights .* damaged"):
+            apply_bases(tiny(), path, allow_mismatch=allow)
     with h5py.File(path, "a") as f:
         f["layers/features.4/vertical"][...] = 3e38
     with pytest.raises(BasesFileError, match="layer 'features.4': the factors overflow float32"):
@@ -245,6 +256,20 @@ def test_concurrent_writers_do_not_lose_layers(saved):
         assert worker.exitcode == 0
     names = set(read_bases(path).layers)
     assert {f"{p}{i}" for p in "ab" for i in range(8)} <= names
+
+
+def test_whole_file_writes_wait_for_the_update_lock(saved):
+    # write_bases replaces the file, so it must not run while an update holds the lock (it would
+    # delete the update's live temporary as stale): it waits, then writes
+    _, _, path = saved
+    bases = read_bases(path)
+    with exclusive(path):
+        writer = threading.Thread(target=write_bases, args=(path, bases))
+        writer.start()
+        writer.join(0.5)
+        assert writer.is_alive()
+    writer.join(30)
+    assert not writer.is_alive() and set(read_bases(path).layers) == set(bases.layers)
 
 
 def test_a_symlink_is_followed_and_permissions_are_kept(saved, tmp_path):

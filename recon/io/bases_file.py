@@ -316,8 +316,9 @@ def read_bases(path: str | os.PathLike) -> BasesFile:
 def write_bases(path: str | os.PathLike, bases: BasesFile) -> Path:
     """Write ``bases`` to ``path`` as schema v2, atomically (see ``recon.io.atomic``)."""
     check_folder(path)
-    return replace_atomically(path, lambda temporary: _write(temporary, bases.model, bases.model_sha256,
-                                                             bases.layers.values(), bases.created))
+    with exclusive(path) as target:  # under the lock of update_bases, whose temporaries it would otherwise race
+        return replace_atomically(target, lambda temporary: _write(temporary, bases.model, bases.model_sha256,
+                                                                   bases.layers.values(), bases.created))
 
 
 def _write(temporary: Path, model: str, model_hash: str, records: Iterable[LayerRecord], created: str = "",
