@@ -4,8 +4,8 @@
 
 Runs ``python -m recon.fit --model M --layer all --target-speedup T --asymmetric
 [--channels-last]`` (data reconstruction, no fine-tuning) as a fresh process and records its
-wall time (process start, imports, compilation included) and what it printed (rank search
-rounds, per-layer table, measured speedup); then ``python -m recon.evaluate --bases FILE`` for
+wall time (process start, imports, compilation included) and what it printed (rank allocation
+timings, per-layer table, measured speedup); then ``python -m recon.evaluate --bases FILE`` for
 test accuracy and latency of the result in both memory formats.
 """
 from __future__ import annotations

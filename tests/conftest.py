@@ -1,6 +1,8 @@
 """Shared fixtures: small random conv layers and real Fashion-MNIST statistics."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -30,6 +32,12 @@ def decaying_weights(shape, seed=0, decay=0.7) -> np.ndarray:
     k = min(rows, cols)
     matrix = (u[:, :k] * decay ** np.arange(k)) @ v[:, :k].T
     return matrix.reshape(c, kh, n, kw).transpose(2, 0, 1, 3).astype(np.float32)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _latency_cache(tmp_path_factory):
+    """Latency tables of the tests go to a folder of their own, not the user's cache."""
+    os.environ["RECON_CACHE_DIR"] = str(tmp_path_factory.mktemp("recon-cache"))
 
 
 @pytest.fixture(autouse=True)

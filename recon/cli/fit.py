@@ -63,7 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "(tucker2 also takes 'evbmf')")
     ranks.add_argument("--target-speedup", type=common.positive_float,
                        help="choose ranks so that the measured whole-model speedup (batch of --guard-batch) reaches "
-                       "this factor (the search aims 3%% above it, for timing noise); layers that don't pay stay dense")
+                       "this factor (aiming 3%% above it, for timing noise): per-layer latency tables (cached in "
+                       "$RECON_CACHE_DIR or ~/.cache/recon) and sensitivity-weighted errors feed a global allocation, "
+                       "confirmed by at most two whole-model timings; layers that don't pay stay dense")
     ranks.add_argument("--accuracy-budget", type=common.positive_float,
                        help="choose ranks per layer by bisection so that validation accuracy (last 5,000 training "
                        "images) drops by at most this many points in total (bundled model)")

@@ -43,6 +43,7 @@ from recon.surgery import replace_layer
 
 LOG = logging.getLogger("recon")
 MODES = ("filter", "data")
+SENSITIVITY_SAMPLES = 256  # samples of the first batch that layer sensitivities are measured on
 FEW_PATCHES_PER_DIM = 10  # fewer patches per input dimension than this: statistics too thin to trust
 
 
@@ -204,7 +205,7 @@ def compress(model: nn.Module, data: DataSource | None = None, *, layers: LayerS
     problem = RankProblem(work, plan.method, plan.layers,
                           {name: plan.method.geometry(work.get_submodule(name)) for name in plan.layers},
                           {name: to_numpy(work.get_submodule(name).weight) for name in plan.layers},
-                          shapes, symmetric, fit, LOG.info)
+                          shapes, symmetric, None if batches is None else example[:SENSITIVITY_SAMPLES], fit, LOG.info)
     chosen = {name: rank for name, rank in plan.policy.choose(problem).items() if rank is not None}
     records: dict[str, LayerRecord] = {}
     pending: list[LayerRecord] = []

@@ -3,13 +3,9 @@
 * ``Fixed(48)`` or ``Fixed({"conv2": 48, "conv3": 64})`` (``compress`` also takes the int or
   dict itself): given ranks, checked against each layer before any work.
 * ``TargetSpeedup(2.5, example_input)``: ranks whose *measured* whole-model speedup on
-  ``example_input`` reaches the target. MACs guide, timing decides: from the method's
-  closed-form error of every rank (``Method.rank_errors``), a greedy takes the cheapest
-  added error per MAC saved until the predicted speedup reaches the goal; the model with
-  those ranks (placeholder factors: timing does not depend on their values) is timed against
-  the dense one; while the measurement misses the target plus a margin, the goal is raised by
-  the shortfall. Methods without an error estimate get the same MAC reduction in every layer.
-  Layers that never pay stay dense.
+  ``example_input`` reaches the target: per-layer latency tables (measured, cached) and
+  closed-form errors weighted by measured sensitivities feed a global allocation under a
+  time budget, confirmed by at most two whole-model timings. Layers that do not pay stay dense.
 * ``AccuracyBudget(0.5, metric)``: per layer, bisection on the rank for the smallest one
   whose replacement alone costs at most its share (budget / layers) of ``metric``.
 
@@ -21,18 +17,22 @@ import copy
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from recon.bench.latency import LatencyCache, LayerLatency, default_cache_path, layer_latency
 from recon.bench.placeholders import timing_model
-from recon.bench.timing import median_latencies
+from recon.bench.timing import capture_layer_inputs, median_latencies
 from recon.errors import ConfigError
 from recon.methods import Method
 from recon.nn import Geometry, LowRankModule
+from recon.pipeline.allocate import LayerChoices, allocate
 from recon.pipeline.fitting import to_numpy
+from recon.pipeline.sensitivity import output_sensitivities
 from recon.record import LayerRecord
 from recon.surgery import replace_layer
 from solvers.objectives import Moments
@@ -53,6 +53,7 @@ class RankProblem:
     weights: dict[str, np.ndarray]
     input_shapes: dict[str, tuple[int, ...]] | None
     moments: dict[str, Moments] | None
+    sample: torch.Tensor | None
     fit: Callable[[str, Any], LayerRecord]
     report: Callable[[str], None]
 
@@ -118,65 +119,39 @@ class Fixed(RankPolicy):
         return {"policy": "fixed", "ranks": {name: list(r) if isinstance(r, tuple) else r for name, r in ranks.items()}}
 
 
-@dataclass
-class _LayerOptions:
-    """Per-rank predicted error and MACs of one layer (index r-1 holds rank r)."""
-
-    name: str
-    dense_macs: int
-    errors: np.ndarray | None
-    macs: np.ndarray
+CLOSE_ENOUGH = 0.05  # a first allocation measured within this fraction above the aim is kept as it is
 
 
-def _greedy(options: list[_LayerOptions], other_macs: int, goal: float,
-            start: dict[str, int | None]) -> tuple[dict[str, int | None], float]:
-    """Ranks reaching a predicted speedup >= ``goal`` with the least added error per MAC saved."""
-    ranks = dict(start)
-    total_dense = sum(o.dense_macs for o in options) + other_macs
-    cost = lambda o, r: o.dense_macs if r is None else int(o.macs[r - 1])
-    error = lambda o, r: 0.0 if r is None else float(o.errors[r - 1])
-    current = lambda: sum(cost(o, ranks[o.name]) for o in options) + other_macs
-    while total_dense / current() < goal:
-        best = None
-        for o in options:
-            rank = ranks[o.name]
-            for target in range(1, len(o.macs) if rank is None else rank):
-                saved = cost(o, rank) - cost(o, target)
-                if saved <= 0:
-                    continue
-                score = (error(o, target) - error(o, rank)) / saved
-                if best is None or score < best[0]:
-                    best = (score, o.name, target)
-        if best is None:
-            break
-        ranks[best[1]] = best[2]
-    return ranks, total_dense / current()
-
-
-def _uniform(options: list[_LayerOptions], other_macs: int, goal: float,
-             start: dict[str, int | None]) -> tuple[dict[str, int | None], float]:
-    """The same MAC reduction factor f in every layer (the largest rank with MACs <= dense / f),
-    f raised until the predicted speedup reaches ``goal``; ``start`` is not used."""
-    total_dense = sum(o.dense_macs for o in options) + other_macs
-
-    def at(factor: float) -> tuple[dict[str, int | None], float]:
-        ranks = {}
-        for o in options:
-            fitting = np.flatnonzero(o.macs * factor <= o.dense_macs)
-            ranks[o.name] = int(fitting[-1]) + 1 if len(fitting) else None
-        total = sum(o.dense_macs if ranks[o.name] is None else int(o.macs[ranks[o.name] - 1]) for o in options)
-        return ranks, total_dense / (total + other_macs)
-
-    factor = 1.0
-    ranks, predicted = at(factor)
-    while predicted < goal and factor < 1e6:
-        factor *= 1.05
-        ranks, predicted = at(factor)
-    return ranks, predicted
+def _calibrate(dense_model: float, dense_layers: float, low_model: float, low_layers: float) -> tuple[float, float]:
+    """(kappa, other) of ``model time = other + kappa * summed layer time`` through the dense
+    and the approximated measurements; kappa 1 when the two points cannot tell it."""
+    if dense_layers - low_layers > 1e-9 * dense_layers and dense_model > low_model:
+        kappa = (dense_model - low_model) / (dense_layers - low_layers)
+        other = dense_model - kappa * dense_layers
+        if other >= 0:
+            return kappa, other
+        return dense_model / dense_layers, 0.0
+    return 1.0, max(dense_model - dense_layers, 0.0)
 
 
 class TargetSpeedup(RankPolicy):
     """Ranks whose measured whole-model speedup on ``example_input`` reaches ``factor``.
+
+    1. Latency tables (``recon.bench.latency``): each layer's dense time and its low-rank
+       time over a grid of ranks, on its real input within ``example_input``, cached between
+       runs (``cache``: True for ``$RECON_CACHE_DIR`` or ``~/.cache/recon``, a file path, or
+       False for this run only).
+    2. Predicted loss of every rank: the method's closed-form error (output variance lost in
+       data mode, weight energy lost in filter mode) times the layer's output sensitivity
+       measured on the data (``recon.pipeline.sensitivity``; 1 without data). Methods without
+       a closed form use the fraction of the largest rank left out.
+    3. Allocation (``recon.pipeline.allocate``): the least summed loss whose summed layer
+       time meets the budget; keeping a layer dense is one of the choices.
+    4. At most two whole-model timings. The first allocation takes the model's time to be its
+       layers' time; its measurement fits ``time = other + kappa * layer time`` through the
+       dense and the approximated model, and the second allocation aims with that. The
+       result is the second if it measures at least the aim, else the first if it does, else
+       the faster of the two (``outcome`` says the target was missed).
 
     The search aims at ``factor * (1 + margin)`` so that a later measurement of the fitted
     model, which scatters by a few percent, still meets ``factor``.
@@ -185,44 +160,43 @@ class TargetSpeedup(RankPolicy):
     uses_statistics = True
 
     def __init__(self, factor: float, example_input: torch.Tensor, channels_last: bool = False,
-                 margin: float = 0.03, rounds: int = 6, repeats: int = WHOLE_MODEL_REPEATS) -> None:
+                 margin: float = 0.03, repeats: int = WHOLE_MODEL_REPEATS,
+                 cache: Path | bool = True) -> None:
         if not (isinstance(factor, (int, float)) and math.isfinite(factor) and factor > 1):
             raise ConfigError(f"the target speedup must be a number > 1, got {factor!r}")
         if not isinstance(example_input, torch.Tensor):
             raise ConfigError(f"TargetSpeedup needs an example input tensor to time the model on, "
                               f"got {type(example_input).__name__}")
-        if margin < 0 or rounds < 1 or repeats < 1:
-            raise ConfigError("margin must be >= 0 and rounds, repeats >= 1")
+        if margin < 0 or repeats < 1:
+            raise ConfigError("margin must be >= 0 and repeats >= 1")
         self.factor, self.example_input, self.channels_last = float(factor), example_input, channels_last
-        self.margin, self.rounds, self.repeats = margin, rounds, repeats
+        self.margin, self.repeats, self.cache = margin, repeats, cache
         self.best_searched = 0.0  # the best whole-model speedup the last search measured
 
-    def _options(self, problem: RankProblem) -> tuple[list[_LayerOptions], int]:
-        from recon.bench.macs import layer_macs
-
-        all_macs = layer_macs(problem.model, self.example_input.to(next(problem.model.parameters()).device))
-        options = []
-        for name in problem.layers:
-            geometry, shape = problem.geometries[name], problem.input_shapes[name]
-            ranks = np.arange(1, problem.method.max_rank(geometry) + 1)
-            covariance = None if problem.moments is None else problem.moments[name].covariance()
-            options.append(_LayerOptions(
-                name, geometry.dense_macs(shape),
-                problem.method.rank_errors(problem.weights[name], covariance, geometry.groups),
-                np.array([problem.method.macs(geometry, int(r), shape) for r in ranks])))
-        other = sum(macs for name, macs in all_macs.items() if name not in problem.layers)
-        return options, other
+    def _choices(self, problem: RankProblem, name: str, table: LayerLatency, weight: float) -> LayerChoices:
+        top = problem.method.max_rank(problem.geometries[name])
+        ranks = np.arange(1, top + 1)
+        covariance = None if problem.moments is None else problem.moments[name].covariance()
+        errors = problem.method.rank_errors(problem.weights[name], covariance, problem.geometries[name].groups)
+        errors = 1 - ranks / top if errors is None else np.resize(np.asarray(errors, float), top)
+        return LayerChoices(np.concatenate([[0], ranks]), np.concatenate([[table.dense], table.at(ranks)]),
+                            np.concatenate([[0.0], weight * np.clip(errors, 0, None)]))
 
     def choose(self, problem: RankProblem) -> dict[str, Any]:
-        options, other = self._options(problem)
-        self.best_searched = 0.0
-        allocate = _greedy if all(o.errors is not None for o in options) else _uniform
-        aim = self.factor * (1 + self.margin)
-        goal, ranks, measured = aim, {o.name: None for o in options}, 0.0
         example = self.example_input.to(next(problem.model.parameters()).device)
-        modules: dict[tuple[str, Any], LowRankModule] = {}
+        inputs = capture_layer_inputs(problem.model, problem.layers, example)
+        cache = LatencyCache(default_cache_path() if self.cache is True else self.cache or None)
+        tables = {name: layer_latency(problem.method, problem.model.get_submodule(name), inputs[name],
+                                      self.channels_last, cache) for name in problem.layers}
+        cache.save()
+        weights = ({name: 1.0 for name in problem.layers} if problem.sample is None
+                   else output_sensitivities(problem.model, problem.layers, problem.sample))
+        choices = {name: self._choices(problem, name, tables[name], weights[name]) for name in problem.layers}
+        layer_time = lambda ranks: sum(tables[n].dense if not r else float(tables[n].at(r)) for n, r in ranks.items())
+        aim, dense_layers = self.factor * (1 + self.margin), sum(table.dense for table in tables.values())
+        modules: dict[tuple[str, int], LowRankModule] = {}
 
-        def quick(name: str, rank: Any) -> LowRankModule:
+        def quick(name: str, rank: int) -> LowRankModule:
             if (name, rank) not in modules:
                 bias = problem.model.get_submodule(name).bias
                 geometry = problem.geometries[name]
@@ -230,19 +204,28 @@ class TargetSpeedup(RankPolicy):
                     problem.weights[name], rank, geometry.groups), None if bias is None else to_numpy(bias))
             return modules[name, rank]
 
-        for round_index in range(self.rounds):
-            ranks, predicted = allocate(options, other, goal, ranks)
+        def measure(ranks: dict[str, int], label: str) -> tuple[float, float]:
             timed = timing_model(problem.model, {name: quick(name, rank) for name, rank in ranks.items() if rank})
             dense_time, low_time = median_latencies([problem.model, timed], example, self.repeats,
                                                     channels_last=self.channels_last)
-            measured = dense_time / low_time
-            self.best_searched = max(self.best_searched, measured)
-            problem.report(f"rank search round {round_index + 1}: predicted {predicted:.2f}x (MACs), "
-                           f"measured {measured:.2f}x -> {ranks}")
-            if measured >= aim:
-                break
-            goal = max(goal, predicted) * aim / measured
-        return ranks
+            problem.report(f"rank allocation {label}: layers predicted {dense_layers / layer_time(ranks):.2f}x, "
+                           f"whole model measured {dense_time / low_time:.2f}x -> "
+                           f"{ {name: rank or None for name, rank in ranks.items()} }")
+            return dense_time, low_time
+
+        first = allocate(choices, dense_layers / aim)
+        dense_time, low_time = measure(first, "1")
+        measured = {1: dense_time / low_time}
+        final = first
+        if not aim <= measured[1] <= aim * (1 + CLOSE_ENOUGH):
+            kappa, other = _calibrate(dense_time, dense_layers, low_time, layer_time(first))
+            second = allocate(choices, max(dense_time / aim - other, 0.0) / kappa)
+            if second != first:
+                dense_time, low_time = measure(second, "2 (time = other + kappa * layers, fitted to allocation 1)")
+                measured[2] = dense_time / low_time
+                final = second if measured[2] >= aim or (measured[1] < aim and measured[2] > measured[1]) else first
+        self.best_searched = max(measured.values())
+        return {name: rank or None for name, rank in final.items()}
 
     def outcome(self, dense: nn.Module, approx: nn.Module) -> Outcome:
         example = self.example_input.to(next(dense.parameters()).device)
@@ -253,13 +236,13 @@ class TargetSpeedup(RankPolicy):
         if measured >= self.factor:
             return Outcome(self.factor, measured, True, f"target {self.factor:.2f}x met: measured {measured:.2f}x ({where})")
         return Outcome(self.factor, measured, False,
-                       f"target {self.factor:.2f}x missed: measured {measured:.2f}x ({where}); the best the rank search "
+                       f"target {self.factor:.2f}x missed: measured {measured:.2f}x ({where}); the best the rank allocation "
                        f"measured was {self.best_searched:.2f}x")
 
     def describe(self) -> dict[str, Any]:
         return {"policy": "target_speedup", "factor": self.factor, "batch": len(self.example_input),
                 "input_shape": list(self.example_input.shape[1:]), "channels_last": self.channels_last,
-                "margin": self.margin, "rounds": self.rounds, "repeats": self.repeats}
+                "margin": self.margin, "repeats": self.repeats, "allocation": "latency tables, Lagrangian"}
 
 
 class AccuracyBudget(RankPolicy):
