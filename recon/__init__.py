@@ -21,6 +21,7 @@ from recon.version import __version__
 _EXPORTS = {
     "compress": "recon.pipeline.compress", "Compression": "recon.pipeline.compress",
     "decompose": "recon.pipeline.fitting", "observe": "recon.pipeline.observe",
+    "calibrate": "recon.pipeline.calibrate",
     "AccuracyBudget": "recon.pipeline.policies", "Fixed": "recon.pipeline.policies",
     "TargetSpeedup": "recon.pipeline.policies", "SolverOptions": "recon.methods",
     "apply_bases": "recon.surgery", "load_bases": "recon.surgery",

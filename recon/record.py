@@ -1,11 +1,13 @@
 """``LayerRecord``: one replaced layer, as the pipeline made it and as a bases file stores it."""
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from torch import nn
 
 from recon.bench.guard import GuardDecision
 from recon.nn import Geometry, LowRankModule
@@ -54,3 +56,18 @@ class LayerRecord:
     def theoretical_speedup(self) -> float:
         """Dense MACs / low-rank MACs on the layer's input shape (NaN when unknown)."""
         return self.dense_macs / self.macs if self.dense_macs and self.macs else math.nan
+
+
+def retrained_records(dense: nn.Module, trained: nn.Module, records: dict[str, LayerRecord],
+                      mode: str) -> list[LayerRecord]:
+    """The records of ``trained``'s low-rank layers after calibration or fine-tuning (``mode``):
+    they hold its modules, the weight error is measured again against ``dense``, and the
+    output error of the fit no longer applies."""
+    updated = []
+    for name, record in records.items():
+        module = trained.get_submodule(name)
+        weight = dense.get_submodule(name).weight.detach().double().cpu()
+        lost = float(((module.dense_weight().detach().double().cpu() - weight) ** 2).sum() / (weight ** 2).sum())
+        updated.append(dataclasses.replace(record, module=module, mode=mode, filter_energy_lost=lost,
+                                           output_variance_lost=math.nan))
+    return updated

@@ -2,7 +2,10 @@
 
 Loads the bundled model, replaces the layers of the bases file, and trains either only the
 low-rank factors (``--train factors``, default) or every parameter (``--train all``) with
-Adam, reporting test accuracy before training and after each epoch. Saves the fine-tuned
+Adam on the labels and the dense model's predictions (distillation), step sizes relative to
+each tensor's size and clipped gradients, reporting test accuracy before training and after
+each epoch; the state of the best validation accuracy (last 5,000 training images, the state
+before training included) is kept. Saves the fine-tuned
 factors as a bases file that ``apply_bases`` loads; with ``--train all`` the other layers
 changed too, so the whole state dict is saved beside it (``.pt``).
 """
@@ -20,7 +23,8 @@ from recon.cli import common, sources
 from recon.cli.export import check_writable
 from recon.errors import ConfigError
 from recon.io.bases_file import BasesFile, check_folder, read_bases, write_bases
-from recon.pipeline.finetune import TRAINABLE, finetune, tuned_records
+from recon.pipeline.finetune import TRAINABLE, finetune
+from recon.record import retrained_records
 from recon.surgery import apply_bases
 
 
@@ -29,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--bases", type=Path, required=True, help="bases file from recon.fit")
     parser.add_argument("--epochs", type=common.positive_int, default=1)
-    parser.add_argument("--lr", type=common.positive_float, default=1e-4, help="Adam learning rate")
+    parser.add_argument("--lr", type=common.positive_float, default=1e-3,
+                        help="Adam step size relative to each parameter tensor's RMS value")
     parser.add_argument("--train", choices=TRAINABLE, default="factors", help="which parameters to train")
     parser.add_argument("--limit", type=common.positive_int, help="train on the first N training images only")
     parser.add_argument("--out", type=Path, help="bases file to write (default: FILE with .finetuned.h5)")
@@ -52,8 +57,9 @@ def run_finetune(args: argparse.Namespace) -> int:
     dense = sources.load_model(args.model).to(args.device or "cpu")
     model = apply_bases(copy.deepcopy(dense), args.bases)
     train = data.loader("train", batch_size=128, shuffle=True, seed=args.seed, limit=args.limit)
-    finetune(model, train, args.epochs, args.lr, args.train, data.loader("test", batch_size=500), args.seed)
-    records = tuned_records(dense, model.cpu(), source.layers)
+    finetune(model, train, args.epochs, args.lr, args.train, data.loader("test", batch_size=500), args.seed,
+             teacher=dense, validation=data.loader("validation", batch_size=500))
+    records = retrained_records(dense, model.cpu(), source.layers, "finetuned")
     write_bases(out, BasesFile(source.model, source.model_sha256, {r.name: r for r in records}))
     print(f"saved {out}")
     if args.train == "all":

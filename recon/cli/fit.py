@@ -109,6 +109,15 @@ def build_parser() -> argparse.ArgumentParser:
     timing.add_argument("--channels-last", action="store_true",
                         help="time in the channels_last memory format (on CPUs the faster layout for dense and "
                         "low-rank models alike; time in the format your inference code uses)")
+    calibration = parser.add_argument_group("calibration without labels (after fitting)")
+    calibration.add_argument("--calibrate", action="store_true",
+                             help="correct each replaced layer's output means, then train the low-rank factors to "
+                             "reproduce the dense model's layer and final outputs (Adam, no labels); each step is "
+                             "kept only if it lowers the output error on held-out images")
+    calibration.add_argument("--calibrate-samples", type=common.positive_int, default=5000,
+                             help="unlabeled samples for --calibrate (a tenth, at most 500, held out)")
+    calibration.add_argument("--calibrate-epochs", type=common.positive_int, default=4,
+                             help="passes of --calibrate over its samples")
     output = parser.add_argument_group("output")
     output.add_argument("--out", type=Path, help="bases file (default: bases/<model>.h5; layers are added to it)")
     output.add_argument("--eval", action="store_true", help="report test accuracy, dense vs low-rank (bundled model)")
@@ -209,6 +218,8 @@ def fit(args: argparse.Namespace) -> int:
     bundled = sources.is_bundled(args.model)
     if (args.eval or args.accuracy_budget is not None) and not bundled:
         raise ConfigError("--eval and --accuracy-budget measure Fashion-MNIST accuracy: bundled models only")
+    if args.calibrate and not bundled and args.data is None:
+        raise ConfigError("--calibrate needs unlabeled inputs: give --data package.module:factory")
     method = _method(args)
     mode = args.mode or ("data" if (args.data is not None or bundled) and method.fits_data else "filter")
     input_size = args.input_size or sources.input_size(args.model)
@@ -237,6 +248,12 @@ def fit(args: argparse.Namespace) -> int:
         solver=SolverOptions(args.lbfgs_iterations, schedule, args.cp_iterations, args.seed, args.ridge),
         min_speedup=args.min_speedup, timing_batch=args.guard_batch, max_output_loss=args.max_output_loss,
         dense_when_lossy=args.dense_when_lossy, model_name=args.model, on_layers=save)
+    if args.calibrate:
+        calibration_data = sources.fashion_mnist("train", args.calibrate_samples) if args.data is None else data
+        report = result.calibrate(model, calibration_data, samples=args.calibrate_samples,
+                                  epochs=args.calibrate_epochs)
+        print(f"calibration: {report.describe()}")
+        save(result.kept)
     _report(args, model, result)
     return TARGET_MISSED if result.outcome is not None and not result.outcome.met else 0
 

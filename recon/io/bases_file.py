@@ -43,7 +43,7 @@ from solvers.conditioning import Conditioning
 
 FORMAT = "recon.bases"
 VERSION = 2
-MODES = ("filter", "data", "finetuned")
+MODES = ("filter", "data", "calibrated", "finetuned")
 
 
 @dataclass

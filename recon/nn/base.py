@@ -101,6 +101,10 @@ class LowRankModule(nn.Module):
         """The weight of the dense layer this module computes."""
         raise NotImplementedError
 
+    def balance_(self) -> None:
+        """Rescale factors that multiply each other to equal sizes, in place, without changing
+        what the module computes (gradient steps then move them alike); nothing by default."""
+
     def to_dense(self) -> nn.Module:
         """The equivalent ``nn.Conv2d`` or ``nn.Linear`` (weight ``dense_weight()``, same bias)."""
         g = self.geometry

@@ -46,6 +46,17 @@ class CPConv(PaddedConv):
         return torch.einsum("nr,rc,ry,rx->ncyx", self.last[:, :, 0, 0], self.first[:, :, 0, 0],
                             self.vertical[:, 0, :, 0], self.horizontal[:, 0, 0, :])
 
+    @torch.no_grad()
+    def balance_(self) -> None:
+        """Give each rank-1 term's four factors the same norm (their geometric mean): ALS leaves
+        them orders of magnitude apart, which made fine-tuning with one step size diverge."""
+        views = [self.first[:, :, 0, 0], self.vertical[:, 0, :, 0], self.horizontal[:, 0, 0, :],
+                 self.last[:, :, 0, 0].T]
+        norms = torch.stack([view.norm(dim=1) for view in views]).clamp_min(1e-30)
+        target = norms.log().mean(dim=0).exp()
+        for view, norm in zip(views, norms):
+            view.mul_((target / norm)[:, None])
+
 
 class Tucker2Conv(PaddedConv):
     """Tucker-2 decomposition with rank (R_out, R_in): first (R_in, C, 1, 1), core

@@ -32,13 +32,14 @@ from recon.io.bases_file import BasesFile, update_bases, write_bases
 from recon.io.hashing import model_sha256
 from recon.methods import Method, SolverOptions
 from recon.pipeline.batches import Batches, DataSource
+from recon.pipeline.calibrate import CalibrationReport, calibrate
 from recon.pipeline.config import CompressConfig
 from recon.pipeline.fitting import fit_layer, fit_layers, to_numpy
 from recon.pipeline.observe import observe, observe_asymmetric
 from recon.pipeline.policies import Fixed, Outcome, RankPolicy, RankProblem, TargetSpeedup
 from recon.pipeline.report import table
 from recon.pipeline.select import LayerSpec, refusals, select_layers
-from recon.record import LayerRecord
+from recon.record import LayerRecord, retrained_records
 from recon.surgery import replace_layer
 
 LOG = logging.getLogger("recon")
@@ -73,6 +74,15 @@ class Compression:
     def table(self) -> str:
         """The per-layer table the CLI prints."""
         return table(self)
+
+    def calibrate(self, dense: nn.Module, data: DataSource, **options: Any) -> CalibrationReport:
+        """Calibrate ``.model`` to ``dense`` (the model given to ``compress``) on unlabeled
+        ``data`` (``recon.pipeline.calibrate.calibrate``, which takes the ``options``), and
+        update the records so that ``save`` writes the calibrated factors."""
+        report = calibrate(self.model, dense, data, **options)
+        for record in retrained_records(dense, self.model, {r.name: r for r in self.kept}, "calibrated"):
+            self.layers[record.name] = record
+        return report
 
     def save(self, path: str | Path, merge: bool = True) -> Path:
         """Write the replaced layers to a bases file (schema v2), atomically. With ``merge``,

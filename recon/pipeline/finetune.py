@@ -1,8 +1,7 @@
-"""Fine-tuning a low-rank model, and the bases file records of what it learned."""
+"""Fine-tuning a low-rank model: labels plus distillation from the dense model, steps that never diverge."""
 from __future__ import annotations
 
-import dataclasses
-import math
+import copy
 import time
 from collections.abc import Callable, Iterable
 
@@ -14,7 +13,6 @@ from tqdm import tqdm
 from recon.errors import ConfigError
 from recon.metrics import accuracy
 from recon.nn import LowRankModule
-from recon.record import LayerRecord
 
 TRAINABLE = ("factors", "all")
 
@@ -31,47 +29,72 @@ def trainable_parameters(model: nn.Module, which: str) -> list[nn.Parameter]:
     return params
 
 
+CLIP = 1.0  # gradient norm clip
+DISTILLATION = 0.5  # weight of the KL divergence to the dense model's predictions (the rest: labels)
+
+
+def relative_adam(parameters: list[nn.Parameter], lr: float) -> torch.optim.Adam:
+    """Adam whose step size for each tensor is ``lr`` times the tensor's RMS value, so factors
+    of very different scales take steps of the same relative size."""
+    return torch.optim.Adam([{"params": [p], "lr": lr * float(p.detach().pow(2).mean().sqrt().clamp_min(1e-8))}
+                             for p in parameters])
+
+
 def finetune(model: nn.Module, train: Iterable, epochs: int, lr: float, which: str = "factors",
-             test: Iterable | None = None, seed: int = 0, report: Callable[[str], None] = print) -> list[float]:
-    """Train ``model`` in place with Adam on cross-entropy over ``train`` ((inputs, labels)
-    batches); returns the ``test`` accuracy before training and after each epoch (empty
-    without ``test``)."""
+             test: Iterable | None = None, seed: int = 0, report: Callable[[str], None] = print,
+             teacher: nn.Module | None = None, validation: Iterable | None = None) -> list[float]:
+    """Train ``model`` in place with Adam over ``train`` ((inputs, labels) batches); returns the
+    ``test`` accuracy before training and after each epoch (empty without ``test``).
+
+    The loss is cross-entropy on the labels, plus (with a ``teacher``, e.g. the dense model)
+    the KL divergence to the teacher's predictions, weighted ``DISTILLATION``. ``lr`` is
+    relative to each tensor's RMS value (``relative_adam``); CP factors are balanced first
+    (``balance_``) and gradients clipped to norm ``CLIP``. With ``validation``, the state after
+    the epoch of the best validation accuracy is kept (the state before training included),
+    so fine-tuning never leaves the model worse on it than it started.
+    """
     if epochs < 1 or not lr > 0:
         raise ConfigError(f"epochs must be >= 1 and lr > 0, got {epochs} and {lr}")
     torch.manual_seed(seed)
+    for module in model.modules():
+        if isinstance(module, LowRankModule):
+            module.balance_()
     params = trainable_parameters(model, which)
     for p in model.parameters():
         p.requires_grad_(False)
     for p in params:
         p.requires_grad_(True)
-    optimizer = torch.optim.Adam(params, lr=lr)
+    optimizer = relative_adam(params, lr)
     device = next(model.parameters()).device
     history = [] if test is None else [accuracy(model, test)]
     if history:
         report(f"epoch 0: test accuracy {100 * history[0]:.2f}%")
+    best = None if validation is None else (accuracy(model, validation), copy.deepcopy(model.state_dict()), 0)
     for epoch in range(1, epochs + 1):
         model.train()
         start = time.perf_counter()
         for images, labels in tqdm(train, desc=f"epoch {epoch}/{epochs}", unit="batch", leave=False):
-            loss = F.cross_entropy(model(images.to(device)), labels.to(device))
+            images, labels = images.to(device), labels.to(device)
+            logits = model(images)
+            loss = F.cross_entropy(logits, labels)
+            if teacher is not None:
+                with torch.no_grad():
+                    target = F.log_softmax(teacher(images), dim=1)
+                kl = F.kl_div(F.log_softmax(logits, dim=1), target, log_target=True, reduction="batchmean")
+                loss = (1 - DISTILLATION) * loss + DISTILLATION * kl
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, CLIP)
             optimizer.step()
         model.eval()
+        if best is not None:
+            score = accuracy(model, validation)
+            if score > best[0]:
+                best = (score, copy.deepcopy(model.state_dict()), epoch)
         if test is not None:
             history.append(accuracy(model, test))
             report(f"epoch {epoch}: test accuracy {100 * history[-1]:.2f}% ({time.perf_counter() - start:.0f} s)")
+    if best is not None and best[2] != epochs:
+        model.load_state_dict(best[1])
+        report(f"kept the state after epoch {best[2]}: validation accuracy {100 * best[0]:.2f}%")
     return history
-
-
-def tuned_records(dense: nn.Module, tuned: nn.Module, records: dict[str, LayerRecord]) -> list[LayerRecord]:
-    """The records of ``tuned``'s low-rank layers, holding its (fine-tuned) modules; the weight
-    error is measured again against ``dense``, the output error is no longer known."""
-    updated = []
-    for name, record in records.items():
-        module = tuned.get_submodule(name)
-        weight = dense.get_submodule(name).weight.detach().double().cpu()
-        lost = float(((module.dense_weight().detach().double().cpu() - weight) ** 2).sum() / (weight ** 2).sum())
-        updated.append(dataclasses.replace(record, module=module, mode="finetuned", filter_energy_lost=lost,
-                                           output_variance_lost=math.nan))
-    return updated
