@@ -1,9 +1,9 @@
-"""Run every CPU benchmark in turn (``make bench``, about 1.5 hours on 2 cores); each writes
+"""Run every CPU benchmark in turn (``make bench``, about 2 hours on 2 cores); each writes
 its section of RESULTS.md."""
 from __future__ import annotations
 
-from benchmarks import (accuracy, accuracy_vs_speedup, degenerate, forward_variants, guard, inference_speed,
-                        resnet56_fit, solver_devices, solver_vs_cvxpy, statistics, target_speedup)
+from benchmarks import (accuracy, accuracy_vs_speedup, degenerate, forward_variants, frontier, guard,
+                        inference_speed, resnet56_fit, solver_devices, solver_vs_cvxpy, statistics, target_speedup)
 
 
 def main() -> None:
@@ -16,6 +16,8 @@ def main() -> None:
     target_speedup.main(["--model", "fmnist-resnet", "--target", "2", "--layouts", "channels_last"])
     guard.main([])
     accuracy_vs_speedup.main([])
+    frontier.main([])
+    frontier.main(["--model", "fmnist-resnet", "--targets", "2,2.5"])
     statistics.main(["--per-layer"])
     degenerate.main([])
     resnet56_fit.main([])

@@ -84,6 +84,11 @@ def test_the_guard_keeps_dense_what_is_not_faster(monkeypatch, tmp_path):
     assert isinstance(result.model.features[0], recon.LowRankModule)
     assert "dense kept" in result.table()
     assert set(read_bases(result.save(tmp_path / "g.h5")).layers) == {"features.0", "features.2"}
+    verdict["features.0"] = verdict["features.2"] = False
+    nothing = recon.compress(model, ranks=2, guard=True, input_size=(3, 10, 10), progress=False)
+    with pytest.raises(recon.ConfigError, match="nothing to save: no layer was replaced"):
+        nothing.save(tmp_path / "none.h5")
+    assert not (tmp_path / "none.h5").exists()
 
 
 def test_filter_mode_without_data_reports_macs_for_the_given_input_size():

@@ -7,7 +7,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 import recon
-from tests.fixture_models import Tiny
+from recon.zoo.models import FmnistAlexNet
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -17,8 +17,9 @@ def test_readme_python_example_compresses_and_saves(tmp_path, monkeypatch):
     example = next(block for block in blocks if "recon.compress" in block)
     assert len(example.strip().splitlines()) <= 8
     monkeypatch.chdir(tmp_path)
-    dataset = TensorDataset(torch.randn(64, 3, 10, 10), torch.zeros(64, dtype=torch.long))
-    namespace = {"MyNet": Tiny, "my_dataset": dataset}
+    # a model with layers worth compressing (a tiny one keeps every layer dense: nothing pays)
+    dataset = TensorDataset(torch.randn(128, 1, 28, 28), torch.zeros(128, dtype=torch.long))
+    namespace = {"MyNet": FmnistAlexNet, "my_dataset": dataset}
     exec(compile(example, "README.md", "exec"), namespace)
     saved = [path for path in tmp_path.rglob("*.h5")]
     assert len(saved) == 1

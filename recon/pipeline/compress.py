@@ -88,6 +88,9 @@ class Compression:
         """Write the replaced layers to a bases file (schema v2), atomically. With ``merge``,
         layers already in the file (of the same model) are kept; otherwise it is replaced."""
         records = self.kept
+        if not records:
+            raise ConfigError(f"nothing to save: no layer was replaced (kept dense: "
+                              f"{', '.join(self.dense_layers + [r.name for r in self.layers.values()]) or 'none'})")
         if merge:
             update_bases(path, self.model_name, self.model_sha256, records)
             return Path(path)
