@@ -58,16 +58,22 @@ class LayerRecord:
         return self.dense_macs / self.macs if self.dense_macs and self.macs else math.nan
 
 
+def filter_energy_lost(layer: nn.Module, module: LowRankModule) -> float:
+    """||W_hat - W||^2 / ||W||^2 of ``module`` against ``layer``'s weight (0 for two zero
+    weights, infinite for factors that compose weight where the layer has none)."""
+    weight = layer.weight.detach().double().cpu()
+    lost = float(((module.dense_weight().detach().double().cpu() - weight) ** 2).sum())
+    energy = float((weight ** 2).sum())
+    return lost / energy if energy > 0 else (0.0 if lost == 0 else math.inf)
+
+
 def retrained_records(dense: nn.Module, trained: nn.Module, records: dict[str, LayerRecord],
                       mode: str) -> list[LayerRecord]:
     """The records of ``trained``'s low-rank layers after calibration or fine-tuning (``mode``):
     they hold its modules, the weight error is measured again against ``dense``, and the
     output error of the fit no longer applies."""
-    updated = []
-    for name, record in records.items():
-        module = trained.get_submodule(name)
-        weight = dense.get_submodule(name).weight.detach().double().cpu()
-        lost = float(((module.dense_weight().detach().double().cpu() - weight) ** 2).sum() / (weight ** 2).sum())
-        updated.append(dataclasses.replace(record, module=module, mode=mode, filter_energy_lost=lost,
-                                           output_variance_lost=math.nan))
-    return updated
+    return [dataclasses.replace(record, module=trained.get_submodule(name), mode=mode,
+                                filter_energy_lost=filter_energy_lost(dense.get_submodule(name),
+                                                                      trained.get_submodule(name)),
+                                output_variance_lost=math.nan)
+            for name, record in records.items()]

@@ -14,7 +14,7 @@ from recon.errors import BasesFileError, LayerError
 from recon.io.bases_file import read_bases
 from recon.io.hashing import layer_sha256
 from recon.nn import LowRankModule
-from recon.record import LayerRecord
+from recon.record import LayerRecord, filter_energy_lost
 
 LOG = logging.getLogger("recon")
 IMPLAUSIBLE_ENERGY_LOST = 100.0  # factors whose weights are this far from the layer's (||W_hat - W|| > 10 ||W||) are damage
@@ -35,11 +35,6 @@ def load_bases(path: str | os.PathLike) -> dict[str, LowRankModule]:
     return {name: record.module for name, record in read_bases(path).layers.items()}
 
 
-def _filter_energy_lost(layer: nn.Module, module: LowRankModule) -> float:
-    weight = layer.weight.detach().double().cpu()
-    return float(((module.dense_weight().detach().double().cpu() - weight) ** 2).sum() / (weight ** 2).sum())
-
-
 def check_layer_matches(model: nn.Module, record: LayerRecord, allow_mismatch: bool = False) -> nn.Module:
     """The layer of ``model`` that ``record`` was fitted to, after checking that it exists, that
     the record's method can replace it, its geometry, its weight and bias hashes, and that the
@@ -57,7 +52,7 @@ def check_layer_matches(model: nn.Module, record: LayerRecord, allow_mismatch: b
         raise LayerError(f"{at}: the model's layer {method.geometry(layer)} does not match the bases' {record.geometry}")
     if layer.bias is not None and record.module.bias is None:
         raise BasesFileError(f"{at}: the model's layer has a bias but the bases have none (field 'bias' missing)")
-    recomputed = _filter_energy_lost(layer, record.module)
+    recomputed = filter_energy_lost(layer, record.module)
     if not recomputed <= IMPLAUSIBLE_ENERGY_LOST:
         raise BasesFileError(f"{at}: the stored factors compose weights that lose {recomputed:.4g} of the layer's "
                              f"weight energy (||W_hat - W|| > {IMPLAUSIBLE_ENERGY_LOST ** 0.5:g} ||W||): the file is "

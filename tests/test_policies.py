@@ -10,6 +10,7 @@ from recon import data, methods
 from recon.errors import ConfigError
 from recon.metrics import accuracy
 from recon.bench.placeholders import timing_model
+from recon.bench.latency import LayerLatency
 from recon.pipeline.policies import RankProblem, TargetSpeedup
 from tests.fixture_models import tiny, tiny_batches
 
@@ -18,7 +19,7 @@ def problem_for(model, layers, moments=None):
     method = methods.get("scheme2")
     shapes = {name: (3, 10, 10) if name == "features.0" else (8, 10, 10) for name in layers}
     return RankProblem(model, method, layers, {n: method.geometry(model.get_submodule(n)) for n in layers},
-                       {n: model.get_submodule(n).weight.detach().double().numpy() for n in layers}, shapes, moments,
+                       {n: model.get_submodule(n).weight.detach().double().numpy() for n in layers}, moments,
                        sample=None, fit=None, report=lambda line: None)
 
 
@@ -66,6 +67,29 @@ def test_quick_fits_are_modules_of_the_rank_close_to_the_layer(name, rank):
     assert timed(torch.zeros(2, 3, 10, 10)).shape == (2, 2)
     lost = float(((module.dense_weight().double() - layer.weight.double()) ** 2).sum() / (layer.weight ** 2).sum())
     assert lost < 1.0  # better than nothing: activations like the dense layer's
+
+
+@pytest.mark.parametrize("method, layers", [("tucker2", ["features.0", "features.4"]), ("svd", ["head"]),
+                                            ("cp", ["features.4"])])
+def test_target_speedup_allocates_for_every_method_in_both_formats(method, layers):
+    for channels_last in (False, True):
+        policy = TargetSpeedup(1.2, torch.randn(4, 3, 10, 10), channels_last=channels_last, cache=False, repeats=3)
+        result = recon.compress(tiny(), tiny_batches, layers=layers, method=method, ranks=policy, mode="filter",
+                                progress=False)
+        assert result.outcome is not None and set(result.layers) | set(result.dense_layers) == set(layers)
+
+
+def test_no_candidate_rank_loses_more_than_the_bound_in_data_mode(model):
+    moments = recon.observe(model, data.loader("train", batch_size=250, limit=250), ["conv3"], progress=False)
+    problem = RankProblem(model, methods.get("scheme2"), ["conv3"], {"conv3": methods.get("scheme2").geometry(model.conv3)},
+                          {"conv3": model.conv3.weight.detach().double().numpy()}, moments, None, None, None)
+    table = LayerLatency(1.0, (1, 576), (0.01, 1.0))
+    errors = methods.get("scheme2").rank_errors(problem.weights["conv3"], moments["conv3"].covariance())
+    bounded = TargetSpeedup(2, torch.zeros(1, 1, 28, 28), max_layer_loss=0.05)._choices(problem, "conv3", table, 1.0)
+    assert bounded.ranks[0] == 0 and np.all(errors[bounded.ranks[1:] - 1] <= 0.05)
+    assert len(bounded.ranks) - 1 == int(np.sum(errors <= 0.05)) < len(errors)
+    free = TargetSpeedup(2, torch.zeros(1, 1, 28, 28), max_layer_loss=None)._choices(problem, "conv3", table, 1.0)
+    assert len(free.ranks) == len(errors) + 1
 
 
 def test_policy_arguments_are_checked_at_once():

@@ -9,8 +9,10 @@ dtype, device, threads, torch version) and cached in a JSON file that later runs
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
+import platform
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,15 +88,30 @@ def _read(path: Path) -> dict[str, LayerLatency]:
         payload = json.loads(path.read_text())
         return {key: LayerLatency(float(d), tuple(int(r) for r in ranks), tuple(float(s) for s in seconds))
                 for key, (d, ranks, seconds) in payload.items()}
-    except (OSError, ValueError, TypeError):
+    except (OSError, ValueError, TypeError, AttributeError):
         return {}
+
+
+@functools.lru_cache(maxsize=None)
+def _processor(device: torch.device) -> str:
+    """The processor's model name (tables from other hardware do not apply)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def table_key(method: Method, layer: nn.Module, inputs: torch.Tensor, channels_last: bool) -> str:
     """Everything a layer's measured latency depends on, as one string."""
-    return json.dumps([BACKEND, torch.__version__, torch.get_num_threads(), method.name, repr(method.geometry(layer)),
-                       list(inputs.shape), "channels_last" if channels_last else "NCHW", str(inputs.dtype),
-                       inputs.device.type], separators=(",", ":"))
+    return json.dumps([BACKEND, torch.__version__, torch.get_num_threads(), _processor(inputs.device), method.name,
+                       repr(method.geometry(layer)), layer.bias is not None, list(inputs.shape),
+                       "channels_last" if channels_last else "NCHW", str(inputs.dtype), inputs.device.type],
+                      separators=(",", ":"))
 
 
 def layer_latency(method: Method, layer: nn.Module, inputs: torch.Tensor, channels_last: bool = False,

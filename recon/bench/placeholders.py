@@ -16,7 +16,7 @@ from recon.surgery import replace_layer
 
 def random_module(method: Method, geometry: Geometry, rank: Any, bias: bool = True, seed: int = 0) -> LowRankModule:
     """``method``'s module for ``geometry`` at ``rank`` with small seeded random parameters."""
-    module = method.module_class(geometry, rank, bias=bias)
+    module = method.module_class(geometry, method.module_rank(geometry, rank), bias=bias)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for parameter in module.parameters():

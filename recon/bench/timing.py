@@ -31,9 +31,9 @@ def median_latencies(modules: list[nn.Module], inputs: torch.Tensor | list[torch
     feeds = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs] * len(modules)
     if len(feeds) != len(modules):
         raise ValueError(f"got {len(feeds)} inputs for {len(modules)} modules")
-    if channels_last:
+    if channels_last:  # only 4-D inputs have that format (a Linear layer's do not)
         modules = [copy.deepcopy(module).to(memory_format=torch.channels_last) for module in modules]
-        feeds = [feed.contiguous(memory_format=torch.channels_last) for feed in feeds]
+        feeds = [feed.contiguous(memory_format=torch.channels_last) if feed.ndim == 4 else feed for feed in feeds]
     for module, feed in zip(modules, feeds):
         for _ in range(warmup):
             module(feed)

@@ -56,7 +56,8 @@ def run_finetune(args: argparse.Namespace) -> int:
     source = read_bases(args.bases)
     dense = sources.load_model(args.model).to(args.device or "cpu")
     model = apply_bases(copy.deepcopy(dense), args.bases)
-    train = data.loader("train", batch_size=128, shuffle=True, seed=args.seed, limit=args.limit)
+    train = data.loader("train", batch_size=128, shuffle=True, seed=args.seed,  # not the validation images
+                        limit=min(args.limit or data.fit_split_size(), data.fit_split_size()))
     finetune(model, train, args.epochs, args.lr, args.train, data.loader("test", batch_size=500), args.seed,
              teacher=dense, validation=data.loader("validation", batch_size=500))
     records = retrained_records(dense, model.cpu(), source.layers, "finetuned")

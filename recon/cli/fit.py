@@ -85,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="data mode: weight of ||W_hat - W||^2 (times the mean input variance) added to the output "
                      "error, so input directions the data never varies in stay at the original weights; 0: none")
     how.add_argument("--max-output-loss", type=common.positive_float, default=0.3,
-                     help="flag layers that lose more than this fraction of their output variance")
+                     help="flag layers that lose more than this fraction of their output variance; "
+                     "--target-speedup in data mode never picks a rank predicted to lose more")
     how.add_argument("--dense-when-lossy", action="store_true",
                      help="keep the dense layer wherever the output variance lost exceeds --max-output-loss")
     schedule = parser.add_argument_group("scheme1 lambda schedule (relative units)")
@@ -183,7 +184,8 @@ def _policy(args: argparse.Namespace, data, input_size, model: torch.nn.Module) 
     parameter = next(model.parameters())
     if args.target_speedup is not None:
         example = _example(data, input_size, args.guard_batch, parameter.device, parameter.dtype)
-        return TargetSpeedup(args.target_speedup, example, channels_last=args.channels_last)
+        return TargetSpeedup(args.target_speedup, example, channels_last=args.channels_last,
+                             max_layer_loss=args.max_output_loss)
     if args.accuracy_budget is not None:
         validation = sources.fashion_mnist("validation", None, batch_size=500)()
         return AccuracyBudget(args.accuracy_budget, lambda candidate: accuracy(candidate, validation))
@@ -231,9 +233,12 @@ def fit(args: argparse.Namespace) -> int:
     check_destination(out, args.model, model_hash)
     policy = _policy(args, data, input_size, model)
 
-    def save(records: list[LayerRecord]) -> None:
+    def write(records: list[LayerRecord]) -> None:
         update_bases(out, args.model, model_hash, records)
         LOG.info("%s: saved to %s", ", ".join(record.name for record in records), out)
+
+    def save(records: list[LayerRecord]) -> None:
+        write(records)
         for record in records:
             warn_if_slower(record)
 
@@ -248,12 +253,14 @@ def fit(args: argparse.Namespace) -> int:
         solver=SolverOptions(args.lbfgs_iterations, schedule, args.cp_iterations, args.seed, args.ridge),
         min_speedup=args.min_speedup, timing_batch=args.guard_batch, max_output_loss=args.max_output_loss,
         dense_when_lossy=args.dense_when_lossy, model_name=args.model, on_layers=save)
-    if args.calibrate:
+    if args.calibrate and not result.kept:
+        print("calibration skipped: no layer was replaced")
+    elif args.calibrate:
         calibration_data = sources.fashion_mnist("train", args.calibrate_samples) if args.data is None else data
         report = result.calibrate(model, calibration_data, samples=args.calibrate_samples,
                                   epochs=args.calibrate_epochs)
         print(f"calibration: {report.describe()}")
-        save(result.kept)
+        write(result.kept)
     _report(args, model, result)
     return TARGET_MISSED if result.outcome is not None and not result.outcome.met else 0
 

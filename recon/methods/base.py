@@ -104,6 +104,10 @@ class Method(ABC):
         """Where the largest rank comes from, for error messages."""
         return f"max {self.max_rank(geometry)}"
 
+    def module_rank(self, geometry: Geometry, rank: Any) -> Rank:
+        """The rank ``module_class`` takes for a rank given as ``check_rank`` accepts it."""
+        return rank
+
     def macs(self, geometry: Geometry, rank: Rank, input_shape: tuple[int, ...]) -> int:
         """Multiply-accumulates per sample of the module at ``rank`` (no module is built)."""
         return self.module_class.count_macs(geometry, rank, input_shape)

@@ -46,6 +46,9 @@ class Tucker2(Method):
             return rank
         return min(rank, out_channels), min(rank, in_channels)
 
+    def module_rank(self, geometry: ConvGeometry, rank: int | tuple[int, int]) -> tuple[int, int]:
+        return self.pair(geometry.out_channels, geometry.in_channels, rank)
+
     def check_rank(self, geometry: ConvGeometry, rank: Any) -> None:
         if rank == EVBMF:
             return

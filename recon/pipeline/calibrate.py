@@ -11,7 +11,9 @@ dense model's layers produce, on unlabeled inputs.
    squared error of every replaced layer's output and of the model's output against the dense
    model, both run on the same batch. Each tensor's step size is proportional to its RMS
    value, so factors of very different scales (CP's) move alike, and gradients are clipped.
-   Each step is kept only when it lowers the model's output error on held-out samples.
+
+Each of the two is undone as a whole when it raises the model's output error on held-out
+samples (the report then counts 0 distillation steps).
 """
 from __future__ import annotations
 
@@ -28,9 +30,10 @@ from tqdm import tqdm
 
 from recon.errors import ConfigError
 from recon.nn import LowRankModule
+from recon.pipeline.finetune import CLIP, relative_adam
+from recon.pipeline.sensitivity import channel_axis, relative_change
 
 LOG = logging.getLogger("recon")
-CLIP = 1.0  # gradient norm clip of the distillation steps
 
 
 @dataclass(frozen=True)
@@ -69,21 +72,17 @@ def _outputs(model: nn.Module, names: list[str], inputs: torch.Tensor) -> tuple[
     return output, captured
 
 
-def _relative(approx: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
-    centred = dense - dense.mean(dim=0, keepdim=True)
-    return ((approx - dense) ** 2).sum() / (centred ** 2).sum().clamp_min(1e-12)
-
-
 def _errors(approx: nn.Module, dense: nn.Module, names: list[str], inputs: torch.Tensor) -> tuple[float, float]:
     with torch.no_grad():
         out_hat, layers_hat = _outputs(approx, names, inputs)
         out, layers = _outputs(dense, names, inputs)
-    per_layer = [float(_relative(layers_hat[n], layers[n])) for n in names]
-    return float(_relative(out_hat, out)), sum(per_layer) / len(per_layer)
+    per_layer = [float(relative_change(layers_hat[n], layers[n])) for n in names]
+    return float(relative_change(out_hat, out)), sum(per_layer) / len(per_layer)
 
 
 def _channel_means(outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {name: y.double().mean(dim=[d for d in range(y.ndim) if d != 1]) for name, y in outputs.items()}
+    return {name: y.double().mean(dim=[d for d in range(y.ndim) if d != channel_axis(y)])
+            for name, y in outputs.items()}
 
 
 @torch.no_grad()
@@ -168,12 +167,11 @@ def _distil(approx: nn.Module, dense: nn.Module, names: list[str], train: torch.
     """Adam on the low-rank factors against the dense model's layer and model outputs; stops
     at a non-finite loss (the caller undoes steps that did not help). Returns the steps taken."""
     parameters = [p for name in names for p in approx.get_submodule(name).parameters()]
+    flags = {p: p.requires_grad for p in approx.parameters()}
     trainable = {id(p) for p in parameters}
-    frozen = [p for p in approx.parameters() if id(p) not in trainable and p.requires_grad]
-    for p in frozen:
-        p.requires_grad_(False)
-    optimizer = torch.optim.Adam([{"params": [p], "lr": lr * float(p.detach().pow(2).mean().sqrt().clamp_min(1e-8))}
-                                  for p in parameters])
+    for p in approx.parameters():
+        p.requires_grad_(id(p) in trainable)
+    optimizer = relative_adam(parameters, lr)
     generator = torch.Generator().manual_seed(seed)
     steps = 0
     try:
@@ -185,7 +183,7 @@ def _distil(approx: nn.Module, dense: nn.Module, names: list[str], train: torch.
                 with torch.no_grad():
                     out, layers = _outputs(dense, names, inputs)
                 out_hat, layers_hat = _outputs(approx, names, inputs)
-                loss = _relative(out_hat, out) + sum(_relative(layers_hat[n], layers[n]) for n in names) / len(names)
+                loss = relative_change(out_hat, out) + sum(relative_change(layers_hat[n], layers[n]) for n in names) / len(names)
                 if not torch.isfinite(loss):
                     return steps
                 optimizer.zero_grad(set_to_none=True)
@@ -194,7 +192,6 @@ def _distil(approx: nn.Module, dense: nn.Module, names: list[str], train: torch.
                 optimizer.step()
                 steps += 1
     finally:
-        for p in frozen:
-            p.requires_grad_(True)
-        approx.eval()
+        for p, flag in flags.items():
+            p.requires_grad_(flag)
     return steps

@@ -218,7 +218,7 @@ def compress(model: nn.Module, data: DataSource | None = None, *, layers: LayerS
     problem = RankProblem(work, plan.method, plan.layers,
                           {name: plan.method.geometry(work.get_submodule(name)) for name in plan.layers},
                           {name: to_numpy(work.get_submodule(name).weight) for name in plan.layers},
-                          shapes, symmetric, None if batches is None else example[:SENSITIVITY_SAMPLES], fit, LOG.info)
+                          symmetric, None if batches is None else example[:SENSITIVITY_SAMPLES], fit, LOG.info)
     chosen = {name: rank for name, rank in plan.policy.choose(problem).items() if rank is not None}
     records: dict[str, LayerRecord] = {}
     pending: list[LayerRecord] = []

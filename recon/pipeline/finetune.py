@@ -60,18 +60,34 @@ def finetune(model: nn.Module, train: Iterable, epochs: int, lr: float, which: s
         if isinstance(module, LowRankModule):
             module.balance_()
     params = trainable_parameters(model, which)
+    flags = {p: p.requires_grad for p in model.parameters()}
+    trainable = {id(p) for p in params}
     for p in model.parameters():
-        p.requires_grad_(False)
-    for p in params:
-        p.requires_grad_(True)
+        p.requires_grad_(id(p) in trainable)
+    if teacher is not None:
+        teacher.eval()
     optimizer = relative_adam(params, lr)
-    device = next(model.parameters()).device
     history = [] if test is None else [accuracy(model, test)]
     if history:
         report(f"epoch 0: test accuracy {100 * history[0]:.2f}%")
     best = None if validation is None else (accuracy(model, validation), copy.deepcopy(model.state_dict()), 0)
+    try:
+        best = _train(model, train, epochs, params, optimizer, which, test, history, report, teacher, validation, best)
+    finally:
+        for p, flag in flags.items():
+            p.requires_grad_(flag)
+    if best is not None and best[2] != epochs:
+        model.load_state_dict(best[1])
+        report(f"kept the state after epoch {best[2]}: validation accuracy {100 * best[0]:.2f}%")
+    return history
+
+
+def _train(model, train, epochs, params, optimizer, which, test, history, report, teacher, validation, best):
+    """The epochs of ``finetune``; returns the best (validation accuracy, state, epoch) or None."""
+    device = next(model.parameters()).device
     for epoch in range(1, epochs + 1):
-        model.train()
+        # training only the factors keeps BatchNorm statistics (the bases file does not carry them)
+        model.train(which == "all")
         start = time.perf_counter()
         for images, labels in tqdm(train, desc=f"epoch {epoch}/{epochs}", unit="batch", leave=False):
             images, labels = images.to(device), labels.to(device)
@@ -94,7 +110,4 @@ def finetune(model: nn.Module, train: Iterable, epochs: int, lr: float, which: s
         if test is not None:
             history.append(accuracy(model, test))
             report(f"epoch {epoch}: test accuracy {100 * history[-1]:.2f}% ({time.perf_counter() - start:.0f} s)")
-    if best is not None and best[2] != epochs:
-        model.load_state_dict(best[1])
-        report(f"kept the state after epoch {best[2]}: validation accuracy {100 * best[0]:.2f}%")
-    return history
+    return best

@@ -27,7 +27,7 @@ from torch import nn
 from recon.bench.latency import LatencyCache, LayerLatency, default_cache_path, layer_latency
 from recon.bench.placeholders import timing_model
 from recon.bench.timing import capture_layer_inputs, median_latencies
-from recon.errors import ConfigError
+from recon.errors import ConfigError, FitError
 from recon.methods import Method
 from recon.nn import Geometry, LowRankModule
 from recon.pipeline.allocate import LayerChoices, allocate
@@ -43,15 +43,15 @@ WHOLE_MODEL_REPEATS = 50  # timed calls per model when a whole model is measured
 @dataclass
 class RankProblem:
     """What a policy may use: the dense model (on the working device), the method, the layers
-    in model order, their geometries, weights and input shapes, symmetric statistics when
-    the fit is in data mode, a way to fit one layer, and a way to report progress."""
+    in model order, their geometries and weights, symmetric statistics when the fit is in
+    data mode, ``sample``, a batch of real inputs (None without data), a way to fit one
+    layer, and a way to report progress."""
 
     model: nn.Module
     method: Method
     layers: list[str]
     geometries: dict[str, Geometry]
     weights: dict[str, np.ndarray]
-    input_shapes: dict[str, tuple[int, ...]] | None
     moments: dict[str, Moments] | None
     sample: torch.Tensor | None
     fit: Callable[[str, Any], LayerRecord]
@@ -120,6 +120,7 @@ class Fixed(RankPolicy):
 
 
 CLOSE_ENOUGH = 0.05  # a first allocation measured within this fraction above the aim is kept as it is
+FIRST_OVERSHOOT = 1.15  # the first allocation's layers aim this much beyond the target
 
 
 def _calibrate(dense_model: float, dense_layers: float, low_model: float, low_layers: float) -> tuple[float, float]:
@@ -144,12 +145,16 @@ class TargetSpeedup(RankPolicy):
     2. Predicted loss of every rank: the method's closed-form error (output variance lost in
        data mode, weight energy lost in filter mode) times the layer's output sensitivity
        measured on the data (``recon.pipeline.sensitivity``; 1 without data). Methods without
-       a closed form use the fraction of the largest rank left out.
+       a closed form use the fraction of the largest rank left out. In data mode a rank whose
+       closed-form output variance lost exceeds ``max_layer_loss`` is no candidate: a target
+       out of reach is then missed and reported, not met with layers that lose their output.
     3. Allocation (``recon.pipeline.allocate``): the least summed loss whose summed layer
        time meets the budget; keeping a layer dense is one of the choices.
     4. At most two whole-model timings. The first allocation takes the model's time to be its
-       layers' time; its measurement fits ``time = other + kappa * layer time`` through the
-       dense and the approximated model, and the second allocation aims with that. The
+       layers' time and aims ``FIRST_OVERSHOOT`` beyond the target (the rest of the model
+       makes the whole slower than its layers); its measurement fits ``time = other + kappa *
+       layer time`` through the dense and the approximated model, and the second allocation
+       aims with that fit, interpolating between two measured points. The
        result is the second if it measures at least the aim, else the first if it does, else
        the faster of the two (``outcome`` says the target was missed).
 
@@ -161,7 +166,7 @@ class TargetSpeedup(RankPolicy):
 
     def __init__(self, factor: float, example_input: torch.Tensor, channels_last: bool = False,
                  margin: float = 0.03, repeats: int = WHOLE_MODEL_REPEATS,
-                 cache: Path | bool = True) -> None:
+                 cache: str | Path | bool = True, max_layer_loss: float | None = 0.3) -> None:
         if not (isinstance(factor, (int, float)) and math.isfinite(factor) and factor > 1):
             raise ConfigError(f"the target speedup must be a number > 1, got {factor!r}")
         if not isinstance(example_input, torch.Tensor):
@@ -169,29 +174,40 @@ class TargetSpeedup(RankPolicy):
                               f"got {type(example_input).__name__}")
         if margin < 0 or repeats < 1:
             raise ConfigError("margin must be >= 0 and repeats >= 1")
+        if max_layer_loss is not None and not 0 < max_layer_loss <= 1:
+            raise ConfigError(f"max_layer_loss is a fraction of a layer's output variance in (0, 1], or None; "
+                              f"got {max_layer_loss!r}")
         self.factor, self.example_input, self.channels_last = float(factor), example_input, channels_last
-        self.margin, self.repeats, self.cache = margin, repeats, cache
+        self.margin, self.repeats, self.cache, self.max_layer_loss = margin, repeats, cache, max_layer_loss
         self.best_searched = 0.0  # the best whole-model speedup the last search measured
+        self.bounded = False  # whether the last search left out ranks above max_layer_loss (data mode)
 
     def _choices(self, problem: RankProblem, name: str, table: LayerLatency, weight: float) -> LayerChoices:
         top = problem.method.max_rank(problem.geometries[name])
         ranks = np.arange(1, top + 1)
         covariance = None if problem.moments is None else problem.moments[name].covariance()
         errors = problem.method.rank_errors(problem.weights[name], covariance, problem.geometries[name].groups)
-        errors = 1 - ranks / top if errors is None else np.resize(np.asarray(errors, float), top)
-        return LayerChoices(np.concatenate([[0], ranks]), np.concatenate([[table.dense], table.at(ranks)]),
-                            np.concatenate([[0.0], weight * np.clip(errors, 0, None)]))
+        if errors is not None and len(errors) != top:
+            raise FitError(f"{problem.method.name}.rank_errors gave {len(errors)} errors for layer {name!r}, "
+                           f"expected one per rank 1..{top}")
+        bounded = errors is not None and covariance is not None and self.max_layer_loss is not None
+        errors = 1 - ranks / top if errors is None else np.clip(np.asarray(errors, float), 0, None)
+        allowed = errors <= self.max_layer_loss if bounded else np.ones(top, bool)
+        return LayerChoices(np.concatenate([[0], ranks[allowed]]),
+                            np.concatenate([[table.dense], table.at(ranks[allowed])]),
+                            np.concatenate([[0.0], weight * errors[allowed]]))
 
     def choose(self, problem: RankProblem) -> dict[str, Any]:
         example = self.example_input.to(next(problem.model.parameters()).device)
         inputs = capture_layer_inputs(problem.model, problem.layers, example)
-        cache = LatencyCache(default_cache_path() if self.cache is True else self.cache or None)
+        cache = LatencyCache(default_cache_path() if self.cache is True else Path(self.cache) if self.cache else None)
         tables = {name: layer_latency(problem.method, problem.model.get_submodule(name), inputs[name],
                                       self.channels_last, cache) for name in problem.layers}
         cache.save()
         weights = ({name: 1.0 for name in problem.layers} if problem.sample is None
                    else output_sensitivities(problem.model, problem.layers, problem.sample))
         choices = {name: self._choices(problem, name, tables[name], weights[name]) for name in problem.layers}
+        self.bounded = problem.moments is not None and self.max_layer_loss is not None
         layer_time = lambda ranks: sum(tables[n].dense if not r else float(tables[n].at(r)) for n, r in ranks.items())
         aim, dense_layers = self.factor * (1 + self.margin), sum(table.dense for table in tables.values())
         modules: dict[tuple[str, int], LowRankModule] = {}
@@ -213,7 +229,7 @@ class TargetSpeedup(RankPolicy):
                            f"{ {name: rank or None for name, rank in ranks.items()} }")
             return dense_time, low_time
 
-        first = allocate(choices, dense_layers / aim)
+        first = allocate(choices, dense_layers / (aim * FIRST_OVERSHOOT))
         dense_time, low_time = measure(first, "1")
         measured = {1: dense_time / low_time}
         final = first
@@ -237,12 +253,16 @@ class TargetSpeedup(RankPolicy):
             return Outcome(self.factor, measured, True, f"target {self.factor:.2f}x met: measured {measured:.2f}x ({where})")
         return Outcome(self.factor, measured, False,
                        f"target {self.factor:.2f}x missed: measured {measured:.2f}x ({where}); the best the rank allocation "
-                       f"measured was {self.best_searched:.2f}x")
+                       f"measured was {self.best_searched:.2f}x"
+                       + ("" if not self.bounded else
+                          f" with no layer losing more than {self.max_layer_loss:g} of its output variance "
+                          "(predicted; max_layer_loss)"))
 
     def describe(self) -> dict[str, Any]:
         return {"policy": "target_speedup", "factor": self.factor, "batch": len(self.example_input),
                 "input_shape": list(self.example_input.shape[1:]), "channels_last": self.channels_last,
-                "margin": self.margin, "repeats": self.repeats, "allocation": "latency tables, Lagrangian"}
+                "margin": self.margin, "repeats": self.repeats, "max_layer_loss": self.max_layer_loss,
+                "allocation": "latency tables, Lagrangian"}
 
 
 class AccuracyBudget(RankPolicy):

@@ -15,9 +15,16 @@ from torch import nn
 NOISE = 0.01  # relative output variance of the probing noise
 
 
-def _relative_change(changed: torch.Tensor, reference: torch.Tensor) -> float:
+def relative_change(changed: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """||changed - reference||^2 / ||reference - its batch mean||^2 (differentiable)."""
     centred = reference - reference.mean(dim=0, keepdim=True)
-    return float(((changed - reference).double() ** 2).sum() / (centred.double() ** 2).sum().clamp_min(1e-30))
+    return ((changed - reference) ** 2).sum() / (centred ** 2).sum().clamp_min(1e-12)
+
+
+def channel_axis(output: torch.Tensor) -> int:
+    """The channel axis of a layer's output: 1 for convolutions (N, C, H, W), the last for
+    linear layers ((N, F) or (N, ..., F))."""
+    return 1 if output.ndim == 4 else output.ndim - 1
 
 
 @torch.inference_mode()
@@ -30,14 +37,14 @@ def output_sensitivities(model: nn.Module, layers: list[str], sample: torch.Tens
     sensitivities = {}
     for name in layers:
         def perturb(module, args, output):
-            dims = [0, *range(2, output.ndim)]  # every axis but the channels
+            dims = [axis for axis in range(output.ndim) if axis != channel_axis(output)]
             scale = (noise * output.var(dim=dims, keepdim=True)).sqrt()
             return output + scale * torch.randn(output.shape, generator=generator, device=output.device,
                                                 dtype=output.dtype)
 
         hook = model.get_submodule(name).register_forward_hook(perturb)
         try:
-            sensitivities[name] = _relative_change(model(sample), reference) / noise
+            sensitivities[name] = float(relative_change(model(sample).double(), reference.double())) / noise
         finally:
             hook.remove()
     return sensitivities
