@@ -81,15 +81,18 @@ def test_target_speedup_allocates_for_every_method_in_both_formats(method, layer
 
 def test_no_candidate_rank_loses_more_than_the_bound_in_data_mode(model):
     moments = recon.observe(model, data.loader("train", batch_size=250, limit=250), ["conv3"], progress=False)
-    problem = RankProblem(model, methods.get("scheme2"), ["conv3"], {"conv3": methods.get("scheme2").geometry(model.conv3)},
+    method = methods.get("scheme2")
+    problem = RankProblem(model, method, ["conv3"], {"conv3": method.geometry(model.conv3)},
                           {"conv3": model.conv3.weight.detach().double().numpy()}, moments, None, None, None)
-    table = LayerLatency(1.0, (1, 576), (0.01, 1.0))
-    errors = methods.get("scheme2").rank_errors(problem.weights["conv3"], moments["conv3"].covariance())
-    bounded = TargetSpeedup(2, torch.zeros(1, 1, 28, 28), max_layer_loss=0.05)._choices(problem, "conv3", table, 1.0)
+    errors = TargetSpeedup._errors(problem, "conv3")
+    np.testing.assert_allclose(errors, method.rank_errors(problem.weights["conv3"], moments["conv3"].covariance()))
+    top, table = len(errors), LayerLatency(1.0, (1, len(errors)), (0.01, 1.0))
+    bounded = TargetSpeedup(2, torch.zeros(1, 1, 28, 28), max_layer_loss=0.05)._choices(errors, top, table, 1.0, True)
     assert bounded.ranks[0] == 0 and np.all(errors[bounded.ranks[1:] - 1] <= 0.05)
     assert len(bounded.ranks) - 1 == int(np.sum(errors <= 0.05)) < len(errors)
-    free = TargetSpeedup(2, torch.zeros(1, 1, 28, 28), max_layer_loss=None)._choices(problem, "conv3", table, 1.0)
+    free = TargetSpeedup(2, torch.zeros(1, 1, 28, 28), max_layer_loss=None)._choices(errors, top, table, 1.0, True)
     assert len(free.ranks) == len(errors) + 1
+    assert TargetSpeedup._probe_rank(errors, top) == int(np.argmax(errors <= 0.05)) + 1
 
 
 def test_policy_arguments_are_checked_at_once():

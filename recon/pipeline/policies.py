@@ -76,6 +76,19 @@ class RankPolicy:
     def check(self, method: Method, geometries: dict[str, Geometry]) -> None:
         """Refuse, before any work, what cannot be done (default: nothing to check)."""
 
+    @staticmethod
+    def _probe_rank(problem: RankProblem, name: str) -> int:
+        """The rank of the module that measures a layer's sensitivity: the smallest predicted to
+        lose at most PROBE_LOSS (of output variance in data mode, of weight energy otherwise),
+        a quarter of the largest rank for a method without a closed form."""
+        top = problem.method.max_rank(problem.geometries[name])
+        covariance = None if problem.moments is None else problem.moments[name].covariance()
+        errors = problem.method.rank_errors(problem.weights[name], covariance, problem.geometries[name].groups)
+        if errors is None:
+            return max(1, top // 4)
+        return int(np.flatnonzero(np.asarray(errors) <= PROBE_LOSS)[0]) + 1 if np.any(np.asarray(errors) <= PROBE_LOSS) \
+            else top
+
     def choose(self, problem: RankProblem) -> dict[str, Any]:
         raise NotImplementedError
 
@@ -120,6 +133,7 @@ class Fixed(RankPolicy):
 
 
 CLOSE_ENOUGH = 0.05  # a first allocation measured within this fraction above the aim is kept as it is
+PROBE_LOSS = 0.05  # the sensitivity probe of a layer loses about this much
 FIRST_OVERSHOOT = 1.15  # the first allocation's layers aim this much beyond the target
 
 
@@ -144,10 +158,14 @@ class TargetSpeedup(RankPolicy):
        False for this run only).
     2. Predicted loss of every rank: the method's closed-form error (output variance lost in
        data mode, weight energy lost in filter mode) times the layer's output sensitivity
-       measured on the data (``recon.pipeline.sensitivity``; 1 without data). Methods without
+       measured on the data with a quick low-rank probe of the layer losing about
+       ``PROBE_LOSS`` (``recon.pipeline.sensitivity``; 1 without data). Methods without
        a closed form use the fraction of the largest rank left out. In data mode a rank whose
-       closed-form output variance lost exceeds ``max_layer_loss`` is no candidate: a target
-       out of reach is then missed and reported, not met with layers that lose their output.
+       closed-form output variance lost exceeds ``max_layer_loss`` is no candidate, and with
+       data no allocation may change the model's output by more than ``max_output_change``
+       of its variance (predicted: the summed weighted losses): a target out of reach is then
+       missed and reported with the best speedup within those bounds, not met by layers that
+       have lost their output.
     3. Allocation (``recon.pipeline.allocate``): the least summed loss whose summed layer
        time meets the budget; keeping a layer dense is one of the choices.
     4. At most two whole-model timings. The first allocation takes the model's time to be its
@@ -166,7 +184,8 @@ class TargetSpeedup(RankPolicy):
 
     def __init__(self, factor: float, example_input: torch.Tensor, channels_last: bool = False,
                  margin: float = 0.03, repeats: int = WHOLE_MODEL_REPEATS,
-                 cache: str | Path | bool = True, max_layer_loss: float | None = 0.3) -> None:
+                 cache: str | Path | bool = True, max_layer_loss: float | None = 0.3,
+                 max_output_change: float | None = 0.1) -> None:
         if not (isinstance(factor, (int, float)) and math.isfinite(factor) and factor > 1):
             raise ConfigError(f"the target speedup must be a number > 1, got {factor!r}")
         if not isinstance(example_input, torch.Tensor):
@@ -174,24 +193,43 @@ class TargetSpeedup(RankPolicy):
                               f"got {type(example_input).__name__}")
         if margin < 0 or repeats < 1:
             raise ConfigError("margin must be >= 0 and repeats >= 1")
+        if max_output_change is not None and not max_output_change > 0:
+            raise ConfigError(f"max_output_change must be a number > 0 or None, got {max_output_change!r}")
         if max_layer_loss is not None and not 0 < max_layer_loss <= 1:
             raise ConfigError(f"max_layer_loss is a fraction of a layer's output variance in (0, 1], or None; "
                               f"got {max_layer_loss!r}")
         self.factor, self.example_input, self.channels_last = float(factor), example_input, channels_last
         self.margin, self.repeats, self.cache, self.max_layer_loss = margin, repeats, cache, max_layer_loss
+        self.max_output_change = max_output_change
         self.best_searched = 0.0  # the best whole-model speedup the last search measured
         self.bounded = False  # whether the last search left out ranks above max_layer_loss (data mode)
+        self.output_bounded = False  # whether it bounded the predicted output change (with data)
 
-    def _choices(self, problem: RankProblem, name: str, table: LayerLatency, weight: float) -> LayerChoices:
+    @staticmethod
+    def _errors(problem: RankProblem, name: str) -> np.ndarray | None:
+        """The method's closed-form error of every rank 1..max_rank of a layer, or None."""
         top = problem.method.max_rank(problem.geometries[name])
-        ranks = np.arange(1, top + 1)
         covariance = None if problem.moments is None else problem.moments[name].covariance()
         errors = problem.method.rank_errors(problem.weights[name], covariance, problem.geometries[name].groups)
         if errors is not None and len(errors) != top:
             raise FitError(f"{problem.method.name}.rank_errors gave {len(errors)} errors for layer {name!r}, "
                            f"expected one per rank 1..{top}")
-        bounded = errors is not None and covariance is not None and self.max_layer_loss is not None
-        errors = 1 - ranks / top if errors is None else np.clip(np.asarray(errors, float), 0, None)
+        return None if errors is None else np.clip(np.asarray(errors, float), 0, None)
+
+    @staticmethod
+    def _probe_rank(errors: np.ndarray | None, top: int) -> int:
+        """The rank of the module that measures a layer's sensitivity: the smallest predicted to
+        lose at most ``PROBE_LOSS``; a quarter of the largest for a method without a closed form."""
+        if errors is None:
+            return max(1, top // 4)
+        small = np.flatnonzero(errors <= PROBE_LOSS)
+        return int(small[0]) + 1 if len(small) else top
+
+    def _choices(self, errors: np.ndarray | None, top: int, table: LayerLatency, weight: float,
+                 data_mode: bool) -> LayerChoices:
+        ranks = np.arange(1, top + 1)
+        bounded = errors is not None and data_mode and self.max_layer_loss is not None
+        errors = 1 - ranks / top if errors is None else errors
         allowed = errors <= self.max_layer_loss if bounded else np.ones(top, bool)
         return LayerChoices(np.concatenate([[0], ranks[allowed]]),
                             np.concatenate([[table.dense], table.at(ranks[allowed])]),
@@ -204,38 +242,55 @@ class TargetSpeedup(RankPolicy):
         tables = {name: layer_latency(problem.method, problem.model.get_submodule(name), inputs[name],
                                       self.channels_last, cache) for name in problem.layers}
         cache.save()
-        weights = ({name: 1.0 for name in problem.layers} if problem.sample is None
-                   else output_sensitivities(problem.model, problem.layers, problem.sample))
-        choices = {name: self._choices(problem, name, tables[name], weights[name]) for name in problem.layers}
-        self.bounded = problem.moments is not None and self.max_layer_loss is not None
-        layer_time = lambda ranks: sum(tables[n].dense if not r else float(tables[n].at(r)) for n, r in ranks.items())
-        aim, dense_layers = self.factor * (1 + self.margin), sum(table.dense for table in tables.values())
         modules: dict[tuple[str, int], LowRankModule] = {}
 
         def quick(name: str, rank: int) -> LowRankModule:
             if (name, rank) not in modules:
-                bias = problem.model.get_submodule(name).bias
-                geometry = problem.geometries[name]
+                layer, geometry = problem.model.get_submodule(name), problem.geometries[name]
                 modules[name, rank] = problem.method.build(geometry, problem.method.quick_fit(
-                    problem.weights[name], rank, geometry.groups), None if bias is None else to_numpy(bias))
+                    problem.weights[name], rank, geometry.groups), None if layer.bias is None else to_numpy(layer.bias)
+                ).to(layer.weight.device, layer.weight.dtype)
             return modules[name, rank]
+
+        tops = {name: problem.method.max_rank(problem.geometries[name]) for name in problem.layers}
+        errors = {name: self._errors(problem, name) for name in problem.layers}
+        weights = ({name: 1.0 for name in problem.layers} if problem.sample is None else output_sensitivities(
+            problem.model, {name: quick(name, self._probe_rank(errors[name], tops[name])) for name in problem.layers},
+            problem.sample))
+        self.bounded = problem.moments is not None and self.max_layer_loss is not None
+        self.output_bounded = problem.sample is not None and self.max_output_change is not None
+        choices = {name: self._choices(errors[name], tops[name], tables[name], weights[name], problem.moments is not None)
+                   for name in problem.layers}
+        layer_time = lambda ranks: sum(tables[n].dense if not r else float(tables[n].at(r)) for n, r in ranks.items())
+        output_loss = lambda ranks: sum(float(choices[n].losses[list(choices[n].ranks).index(r)]) for n, r in ranks.items())
+        aim, dense_layers = self.factor * (1 + self.margin), sum(table.dense for table in tables.values())
 
         def measure(ranks: dict[str, int], label: str) -> tuple[float, float]:
             timed = timing_model(problem.model, {name: quick(name, rank) for name, rank in ranks.items() if rank})
             dense_time, low_time = median_latencies([problem.model, timed], example, self.repeats,
                                                     channels_last=self.channels_last)
             problem.report(f"rank allocation {label}: layers predicted {dense_layers / layer_time(ranks):.2f}x, "
+                           f"output change predicted {output_loss(ranks):.4f}, "
                            f"whole model measured {dense_time / low_time:.2f}x -> "
                            f"{ {name: rank or None for name, rank in ranks.items()} }")
             return dense_time, low_time
 
-        first = allocate(choices, dense_layers / (aim * FIRST_OVERSHOOT))
+        # time and loss swapped: the fastest allocation whose predicted output change is within the bound
+        swapped = {name: LayerChoices(c.ranks, c.losses, c.seconds) for name, c in choices.items()}
+
+        def pick(budget: float) -> dict[str, int]:
+            ranks = allocate(choices, budget)
+            if self.output_bounded and output_loss(ranks) > self.max_output_change:
+                ranks = allocate(swapped, self.max_output_change)
+            return ranks
+
+        first = pick(dense_layers / (aim * FIRST_OVERSHOOT))
         dense_time, low_time = measure(first, "1")
         measured = {1: dense_time / low_time}
         final = first
         if not aim <= measured[1] <= aim * (1 + CLOSE_ENOUGH):
             kappa, other = _calibrate(dense_time, dense_layers, low_time, layer_time(first))
-            second = allocate(choices, max(dense_time / aim - other, 0.0) / kappa)
+            second = pick(max(dense_time / aim - other, 0.0) / kappa)
             if second != first:
                 dense_time, low_time = measure(second, "2 (time = other + kappa * layers, fitted to allocation 1)")
                 measured[2] = dense_time / low_time
@@ -254,14 +309,21 @@ class TargetSpeedup(RankPolicy):
         return Outcome(self.factor, measured, False,
                        f"target {self.factor:.2f}x missed: measured {measured:.2f}x ({where}); the best the rank allocation "
                        f"measured was {self.best_searched:.2f}x"
-                       + ("" if not self.bounded else
-                          f" with no layer losing more than {self.max_layer_loss:g} of its output variance "
-                          "(predicted; max_layer_loss)"))
+                       + self._bounds())
+
+    def _bounds(self) -> str:
+        """The quality bounds the last search kept to, as the end of a sentence."""
+        bounds = [f"no layer losing more than {self.max_layer_loss:g} of its output variance (max_layer_loss)"
+                  ] if self.bounded else []
+        bounds += [f"the model's output changing by at most {self.max_output_change:g} of its variance "
+                   "(max_output_change)"] if self.output_bounded else []
+        return f" within the quality bounds (predicted): {'; '.join(bounds)}" if bounds else ""
 
     def describe(self) -> dict[str, Any]:
         return {"policy": "target_speedup", "factor": self.factor, "batch": len(self.example_input),
                 "input_shape": list(self.example_input.shape[1:]), "channels_last": self.channels_last,
                 "margin": self.margin, "repeats": self.repeats, "max_layer_loss": self.max_layer_loss,
+                "max_output_change": self.max_output_change,
                 "allocation": "latency tables, Lagrangian"}
 
 
