@@ -3,11 +3,8 @@ import copy
 import re
 from pathlib import Path
 
-import torch
-from torch.utils.data import TensorDataset
-
 import recon
-from recon.zoo.models import FmnistAlexNet
+from recon import data, zoo
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -17,9 +14,10 @@ def test_readme_python_example_compresses_and_saves(tmp_path, monkeypatch):
     example = next(block for block in blocks if "recon.compress" in block)
     assert len(example.strip().splitlines()) <= 8
     monkeypatch.chdir(tmp_path)
-    # a model with layers worth compressing (a tiny one keeps every layer dense: nothing pays)
-    dataset = TensorDataset(torch.randn(128, 1, 28, 28), torch.zeros(128, dtype=torch.long))
-    namespace = {"MyNet": FmnistAlexNet, "my_dataset": dataset}
+    # a trained model with layers worth compressing and its real data (a tiny model keeps every
+    # layer dense, since nothing pays; random weights have no low-rank structure to keep)
+    dataset = data.dataset("train", limit=128)
+    namespace = {"MyNet": lambda: zoo.load_model("fmnist-alexnet"), "my_dataset": dataset}
     exec(compile(example, "README.md", "exec"), namespace)
     saved = [path for path in tmp_path.rglob("*.h5")]
     assert len(saved) == 1

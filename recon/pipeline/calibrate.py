@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from recon.errors import ConfigError
 from recon.nn import LowRankModule
+from recon.pipeline.batches import Batches
 from recon.pipeline.finetune import CLIP, relative_adam
 from recon.pipeline.sensitivity import channel_axis, relative_change
 
@@ -102,8 +103,6 @@ def correct_biases(approx: nn.Module, dense: nn.Module, names: list[str], batche
 
 
 def _samples(data: Iterable, limit: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    from recon.pipeline.batches import Batches
-
     return torch.cat(list(Batches(data, limit, device, dtype)))
 
 
@@ -129,7 +128,8 @@ def calibrate(approx: nn.Module, dense: nn.Module, data: Iterable, *, samples: i
     _check(samples, epochs, batch_size, lr)
     start = time.perf_counter()
     parameter = next(approx.parameters())
-    approx.eval(), dense.eval()
+    approx.eval()
+    dense.eval()
     images = _samples(data, samples, parameter.device, parameter.dtype)
     if len(images) < 2:
         raise ConfigError(f"calibration needs at least 2 samples, got {len(images)}")
@@ -138,7 +138,8 @@ def calibrate(approx: nn.Module, dense: nn.Module, data: Iterable, *, samples: i
     before = _errors(approx, dense, names, held_out)
     modules = [approx.get_submodule(name) for name in names]
 
-    def unless_better(step: Callable[[], Any], baseline: tuple[float, float], what: str) -> tuple[tuple[float, float], Any]:
+    def unless_better(step: Callable[[], Any], baseline: tuple[float, float],
+                      what: str) -> tuple[tuple[float, float], Any]:
         """Run ``step``; undo it when the held-out output error did not fall."""
         snapshot = [(module.bias, copy.deepcopy(module.state_dict())) for module in modules]
         result = step()
@@ -183,7 +184,8 @@ def _distil(approx: nn.Module, dense: nn.Module, names: list[str], train: torch.
                 with torch.no_grad():
                     out, layers = _outputs(dense, names, inputs)
                 out_hat, layers_hat = _outputs(approx, names, inputs)
-                loss = relative_change(out_hat, out) + sum(relative_change(layers_hat[n], layers[n]) for n in names) / len(names)
+                layer_loss = sum(relative_change(layers_hat[n], layers[n]) for n in names) / len(names)
+                loss = relative_change(out_hat, out) + layer_loss
                 if not torch.isfinite(loss):
                     return steps
                 optimizer.zero_grad(set_to_none=True)
