@@ -76,19 +76,6 @@ class RankPolicy:
     def check(self, method: Method, geometries: dict[str, Geometry]) -> None:
         """Refuse, before any work, what cannot be done (default: nothing to check)."""
 
-    @staticmethod
-    def _probe_rank(problem: RankProblem, name: str) -> int:
-        """The rank of the module that measures a layer's sensitivity: the smallest predicted to
-        lose at most PROBE_LOSS (of output variance in data mode, of weight energy otherwise),
-        a quarter of the largest rank for a method without a closed form."""
-        top = problem.method.max_rank(problem.geometries[name])
-        covariance = None if problem.moments is None else problem.moments[name].covariance()
-        errors = problem.method.rank_errors(problem.weights[name], covariance, problem.geometries[name].groups)
-        if errors is None:
-            return max(1, top // 4)
-        return int(np.flatnonzero(np.asarray(errors) <= PROBE_LOSS)[0]) + 1 if np.any(np.asarray(errors) <= PROBE_LOSS) \
-            else top
-
     def choose(self, problem: RankProblem) -> dict[str, Any]:
         raise NotImplementedError
 
