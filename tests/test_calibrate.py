@@ -88,11 +88,13 @@ def test_an_undone_bias_correction_removes_the_biases_it_added(monkeypatch):
     batches = [torch.randn(50, 3, 8, 8) + 1.0 for _ in range(4)]
     approx = recon.compress(model, layers=["first", "second"], ranks=2, input_size=(3, 8, 8), progress=False).model
     before = copy.deepcopy(approx.state_dict())
+    approx.requires_grad_(False)  # a frozen model trains its factors all the same, and stays frozen
     errors = iter([(1.0, 1.0), (2.0, 2.0), (3.0, 3.0)])  # every step measured worse than the one before
     monkeypatch.setattr("recon.pipeline.calibrate._errors", lambda *args: next(errors))
     report = calibrate(approx, model, batches, samples=200, epochs=1, progress=False)
     assert report.after == report.before == (1.0, 1.0) and report.steps == 0
     assert approx.first.bias is None and approx.second.bias is None
+    assert not any(p.requires_grad for p in approx.parameters())
     assert approx.state_dict().keys() == before.keys()
     assert all(torch.equal(before[k], v) for k, v in approx.state_dict().items())
 

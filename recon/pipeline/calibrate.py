@@ -31,7 +31,7 @@ from tqdm import tqdm
 from recon.errors import ConfigError
 from recon.nn import LowRankModule
 from recon.pipeline.batches import Batches
-from recon.pipeline.finetune import CLIP, relative_adam
+from recon.pipeline.finetune import CLIP, only_trainable, relative_adam
 from recon.pipeline.sensitivity import channel_axis, relative_change
 
 LOG = logging.getLogger("recon")
@@ -168,14 +168,10 @@ def _distil(approx: nn.Module, dense: nn.Module, names: list[str], train: torch.
     """Adam on the low-rank factors against the dense model's layer and model outputs; stops
     at a non-finite loss (the caller undoes steps that did not help). Returns the steps taken."""
     parameters = [p for name in names for p in approx.get_submodule(name).parameters()]
-    flags = {p: p.requires_grad for p in approx.parameters()}
-    trainable = {id(p) for p in parameters}
-    for p in approx.parameters():
-        p.requires_grad_(id(p) in trainable)
     optimizer = relative_adam(parameters, lr)
     generator = torch.Generator().manual_seed(seed)
     steps = 0
-    try:
+    with only_trainable(approx, parameters):
         for epoch in range(epochs):
             order = torch.randperm(len(train), generator=generator).to(train.device)
             for index in tqdm(order.split(batch_size), desc=f"calibration {epoch + 1}/{epochs}", unit="batch",
@@ -193,7 +189,4 @@ def _distil(approx: nn.Module, dense: nn.Module, names: list[str], train: torch.
                 torch.nn.utils.clip_grad_norm_(parameters, CLIP)
                 optimizer.step()
                 steps += 1
-    finally:
-        for p, flag in flags.items():
-            p.requires_grad_(flag)
     return steps

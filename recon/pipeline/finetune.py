@@ -1,9 +1,10 @@
 """Fine-tuning a low-rank model: labels plus distillation from the dense model, steps that never diverge."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +34,20 @@ CLIP = 1.0  # gradient norm clip
 DISTILLATION = 0.5  # weight of the KL divergence to the dense model's predictions (the rest: labels)
 
 
+@contextlib.contextmanager
+def only_trainable(model: nn.Module, params: list[nn.Parameter]) -> Iterator[None]:
+    """Gradients for ``params`` alone while inside; every ``requires_grad`` flag back after."""
+    flags = {p: p.requires_grad for p in model.parameters()}
+    chosen = {id(p) for p in params}
+    for p in model.parameters():
+        p.requires_grad_(id(p) in chosen)
+    try:
+        yield
+    finally:
+        for p, flag in flags.items():
+            p.requires_grad_(flag)
+
+
 def relative_adam(parameters: list[nn.Parameter], lr: float) -> torch.optim.Adam:
     """Adam whose step size for each tensor is ``lr`` times the tensor's RMS value, so factors
     of very different scales take steps of the same relative size."""
@@ -60,10 +75,6 @@ def finetune(model: nn.Module, train: Iterable, epochs: int, lr: float, which: s
         if isinstance(module, LowRankModule):
             module.balance_()
     params = trainable_parameters(model, which)
-    flags = {p: p.requires_grad for p in model.parameters()}
-    trainable = {id(p) for p in params}
-    for p in model.parameters():
-        p.requires_grad_(id(p) in trainable)
     if teacher is not None:
         teacher.eval()
     optimizer = relative_adam(params, lr)
@@ -71,11 +82,8 @@ def finetune(model: nn.Module, train: Iterable, epochs: int, lr: float, which: s
     if history:
         report(f"epoch 0: test accuracy {100 * history[0]:.2f}%")
     best = None if validation is None else (accuracy(model, validation), copy.deepcopy(model.state_dict()), 0)
-    try:
+    with only_trainable(model, params):
         best = _train(model, train, epochs, params, optimizer, which, test, history, report, teacher, validation, best)
-    finally:
-        for p, flag in flags.items():
-            p.requires_grad_(flag)
     if best is not None and best[2] != epochs:
         model.load_state_dict(best[1])
         report(f"kept the state after epoch {best[2]}: validation accuracy {100 * best[0]:.2f}%")
