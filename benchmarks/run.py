@@ -3,7 +3,8 @@ its section of RESULTS.md."""
 from __future__ import annotations
 
 from benchmarks import (accuracy, accuracy_vs_speedup, degenerate, forward_variants, frontier, guard,
-                        inference_speed, resnet56_fit, solver_devices, solver_vs_cvxpy, statistics, target_speedup)
+                        inference_speed, resnet56_fit, resnet56_target, solver_devices, solver_vs_cvxpy, statistics,
+                        target_speedup)
 
 
 def main() -> None:
@@ -18,9 +19,11 @@ def main() -> None:
     accuracy_vs_speedup.main([])
     frontier.main([])
     frontier.main(["--model", "fmnist-resnet", "--targets", "2,2.5"])
+    frontier.main(["--methods", "scheme1,tucker2,cp,auto", "--targets", "2,3"])
     statistics.main(["--per-layer"])
     degenerate.main([])
     resnet56_fit.main([])
+    resnet56_target.main([])
 
 
 if __name__ == "__main__":

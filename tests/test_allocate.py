@@ -11,17 +11,17 @@ def layer(rng: np.random.Generator, size: int) -> LayerChoices:
     """Dense (rank 0, slowest, no loss) and ``size`` ranks: faster ones lose more."""
     seconds = np.concatenate([[1.0], np.sort(rng.uniform(0.05, 1.0, size))])
     losses = np.concatenate([[0.0], np.sort(rng.uniform(0.0, 1.0, size))[::-1]])
-    return LayerChoices(np.arange(size + 1), seconds, losses)
+    return LayerChoices(tuple(range(size + 1)), seconds, losses)
 
 
 def total(layers, ranks, field):
-    return sum(getattr(layers[name], field)[list(layers[name].ranks).index(rank)] for name, rank in ranks.items())
+    return sum(getattr(layers[name], field)[layers[name].index(rank)] for name, rank in ranks.items())
 
 
 def brute_force_loss(layers, budget):
     names = list(layers)
     best = np.inf
-    for combo in itertools.product(*(range(len(layers[n].ranks)) for n in names)):
+    for combo in itertools.product(*(range(len(layers[n].options)) for n in names)):
         if sum(layers[n].seconds[i] for n, i in zip(names, combo)) <= budget + 1e-12:
             best = min(best, sum(layers[n].losses[i] for n, i in zip(names, combo)))
     return best
@@ -50,11 +50,11 @@ def test_a_budget_that_fits_every_dense_layer_keeps_them_dense():
 
 
 def test_an_unreachable_budget_gives_the_fastest_choices():
-    choices = LayerChoices(np.arange(3), np.array([1.0, 0.5, 0.7]), np.array([0.0, 0.4, 0.2]))
+    choices = LayerChoices((0, 1, 2), np.array([1.0, 0.5, 0.7]), np.array([0.0, 0.4, 0.2]))
     assert allocate({"a": choices}, 0.1) == {"a": 1}
 
 
 def test_the_layer_whose_loss_is_cheapest_per_second_is_compressed_first():
-    robust = LayerChoices(np.arange(2), np.array([1.0, 0.4]), np.array([0.0, 0.01]))
-    fragile = LayerChoices(np.arange(2), np.array([1.0, 0.4]), np.array([0.0, 0.5]))
+    robust = LayerChoices((0, 1), np.array([1.0, 0.4]), np.array([0.0, 0.01]))
+    fragile = LayerChoices((0, 1), np.array([1.0, 0.4]), np.array([0.0, 0.5]))
     assert allocate({"robust": robust, "fragile": fragile}, 1.5) == {"robust": 1, "fragile": 0}

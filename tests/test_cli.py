@@ -95,6 +95,8 @@ def test_layers_by_regular_expression(tmp_path, capsys):
     (["--layer", "all", "--bases", "features.0=8,nosuch=4"], "ranks name layer\\(s\\) that are not selected: nosuch"),
     (["--layer", "all", "--bases", "features.0=2,features.0=3"], "--bases names layer 'features.0' twice"),
     (["--layer", "features.0", "--bases", "2", "--method", "cp", "--mode", "data"], "--mode data needs --data"),
+    (["--layer", "all", "--bases", "2", "--method", "auto"], "--method auto chooses a method per layer .* needs "
+     "--target-speedup"),
     (["--layer", "features.0", "--bases", "2", "--method", "cp", "--data", "tests.fixture_models:tiny_batches",
       "--mode", "data"], "method cp reconstructs weights only"),
     (["--layer", "features.0", "--bases", "2", "--method", "cp", "--asymmetric"], "asymmetric fitting .* needs mode='data'"),

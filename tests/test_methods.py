@@ -11,7 +11,7 @@ from recon import methods
 from recon.errors import ConfigError, FitError
 from recon.methods import SolverOptions
 from recon.nn import ConvGeometry, LinearGeometry
-from recon.pipeline.fitting import fit_layer
+from recon.pipeline.fitting import approximation_error, fit_layer
 from solvers.vbmf import evbmf_rank, noise_variance
 from tests.conftest import decaying_weights
 
@@ -225,3 +225,27 @@ def test_layers_are_solved_as_batches_with_the_results_of_solving_them_alone():
         for layer_name, layer in layers.items():
             alone = fit_layer(method, layer, layer_name, 3, None, SolverOptions())
             assert together[layer_name].filter_energy_lost == pytest.approx(alone.filter_energy_lost, abs=1e-3)
+
+
+@pytest.mark.parametrize("name", [m.name for m in methods.REGISTRY.values() if m.exact_rank_errors])
+def test_exact_rank_errors_are_the_errors_of_the_quick_fit_in_data_mode(name, model, conv2_moments):
+    """What ``exact_rank_errors`` promises and method="auto" relies on: the closed form equals
+    the output variance the quick-fit module loses on real statistics (conv2 of the bundled
+    model; the Linear as the 1x1 convolution of conv2's flattened patches)."""
+    method = methods.get(name)
+    conv = model.conv2
+    if name == "svd":
+        layer = nn.Linear(conv.in_channels * 25, conv.out_channels)
+        with torch.no_grad():
+            layer.weight.copy_(conv.weight.reshape(conv.out_channels, -1))
+            layer.bias.copy_(conv.bias)
+    else:
+        layer = conv
+    weights = layer.weight.detach().double().numpy()
+    bias = layer.bias.detach().double().numpy()
+    errors = method.rank_errors(weights, conv2_moments.covariance())
+    for rank in (1, 4, 16, 40):
+        fitted = method.build(method.geometry(layer), method.quick_fit(weights, rank), None)
+        w_hat = fitted.dense_weight().detach().double().numpy()
+        assert errors[rank - 1] == pytest.approx(approximation_error(weights, bias, w_hat, conv2_moments, 1),
+                                                 rel=1e-3, abs=1e-6)

@@ -10,7 +10,7 @@ from recon import data, methods
 from recon.errors import ConfigError
 from recon.metrics import accuracy
 from recon.bench.placeholders import timing_model
-from recon.bench.latency import LayerLatency
+from recon.bench.latency import LayerLatency, rank_grid
 from recon.pipeline.policies import RankProblem, TargetSpeedup
 from tests.fixture_models import tiny, tiny_batches
 
@@ -18,7 +18,8 @@ from tests.fixture_models import tiny, tiny_batches
 def problem_for(model, layers, moments=None):
     method = methods.get("scheme2")
     shapes = {name: (3, 10, 10) if name == "features.0" else (8, 10, 10) for name in layers}
-    return RankProblem(model, method, layers, {n: method.geometry(model.get_submodule(n)) for n in layers},
+    return RankProblem(model, {n: (method,) for n in layers}, layers,
+                       {n: method.geometry(model.get_submodule(n)) for n in layers},
                        {n: model.get_submodule(n).weight.detach().double().numpy() for n in layers}, moments,
                        sample=None, fit=None, report=lambda line: None)
 
@@ -46,9 +47,9 @@ def test_target_search_calibrates_on_its_first_timing_and_times_the_model_at_mos
     lines = []
     problem.report = lines.append
     policy = TargetSpeedup(1.15, torch.zeros(1, 3, 10, 10), margin=0.02, cache=False)
-    ranks = policy.choose(problem)
-    chosen = timing_model(model, {n: methods.get("scheme2").module_class(problem.geometries[n], r)
-                                  for n, r in ranks.items() if r})
+    picked = policy.choose(problem)
+    chosen = timing_model(model, {n: c.method.module_class(problem.geometries[n], c.rank)
+                                  for n, c in picked.items() if c})
     dense_time, low_time = model_times([model, chosen], None, 1, False)
     assert dense_time / low_time >= 1.15 * 1.02
     assert len(lines) == 2 and "kappa" in lines[1]
@@ -82,17 +83,20 @@ def test_target_speedup_allocates_for_every_method_in_both_formats(method, layer
 def test_no_candidate_rank_loses_more_than_the_bound_in_data_mode(model):
     moments = recon.observe(model, data.loader("train", batch_size=250, limit=250), ["conv3"], progress=False)
     method = methods.get("scheme2")
-    problem = RankProblem(model, method, ["conv3"], {"conv3": method.geometry(model.conv3)},
+    problem = RankProblem(model, {"conv3": (method,)}, ["conv3"], {"conv3": method.geometry(model.conv3)},
                           {"conv3": model.conv3.weight.detach().double().numpy()}, moments, None, None, None)
-    errors = TargetSpeedup._errors(problem, "conv3")
+    errors = TargetSpeedup._errors(problem, "conv3", method)
     np.testing.assert_allclose(errors, method.rank_errors(problem.weights["conv3"], moments["conv3"].covariance()))
-    top, table = len(errors), LayerLatency(1.0, (1, len(errors)), (0.01, 1.0))
-    bounded = TargetSpeedup(2, torch.zeros(1, 1, 28, 28), max_layer_loss=0.05)._choices(errors, top, table, 1.0, True)
-    assert bounded.ranks[0] == 0 and np.all(errors[bounded.ranks[1:] - 1] <= 0.05)
-    assert len(bounded.ranks) - 1 == int(np.sum(errors <= 0.05)) < len(errors)
-    free = TargetSpeedup(2, torch.zeros(1, 1, 28, 28), max_layer_loss=None)._choices(errors, top, table, 1.0, True)
-    assert len(free.ranks) == len(errors) + 1
-    assert TargetSpeedup._probe_rank(errors, top) == int(np.argmax(errors <= 0.05)) + 1
+    ranks, table = np.arange(1, len(errors) + 1), LayerLatency(1.0, (1, len(errors)), (0.01, 1.0))
+    bounded = TargetSpeedup(2, torch.zeros(1, 1, 28, 28), max_layer_loss=0.05)._choices(
+        {method: (ranks, errors)}, {method: table}, 1.0, True)
+    kept = np.array([choice.rank for choice in bounded.options[1:]])
+    assert bounded.options[0] is None and np.all(errors[kept - 1] <= 0.05)
+    assert len(kept) == int(np.sum(errors <= 0.05)) < len(errors)
+    free = TargetSpeedup(2, torch.zeros(1, 1, 28, 28), max_layer_loss=None)._choices(
+        {method: (ranks, errors)}, {method: table}, 1.0, True)
+    assert len(free.options) == len(errors) + 1
+    assert TargetSpeedup._probe_rank(ranks, errors) == int(np.argmax(errors <= 0.05)) + 1
 
 
 def test_policy_arguments_are_checked_at_once():
@@ -127,3 +131,64 @@ def test_accuracy_budget_returns_ranks_within_budget_and_smaller_ranks_exceed_it
 
     assert drop(found) <= 0.01
     assert found == 1 or drop(found - 1) > 0.01 or drop(max(1, found // 2)) > 0.01
+
+
+def _stub_latency(favoured):
+    """Latency tables in which the method ``favoured(layer)`` names costs a tenth of the dense
+    layer at every rank and every other method costs twice the dense layer."""
+    def layer_latency(method, layer, inputs, channels_last, cache):
+        ranks = tuple(rank_grid(method.max_rank(method.geometry(layer))))
+        cost = 0.1 if method.name == favoured(layer) else 2.0
+        return LayerLatency(1.0, ranks, tuple(cost for _ in ranks))
+    return layer_latency
+
+
+@pytest.mark.parametrize("favoured", ["scheme2", "tucker2"])
+def test_auto_takes_the_method_that_pays_on_each_layer(favoured, monkeypatch):
+    """Two candidates per layer, tables that make one of them always faster: every replaced
+    layer must use that one, whichever it is (so the method is a real dimension of the search)."""
+    model = tiny()
+    layers = ["features.0", "features.4"]
+    candidates = (methods.get("scheme2"), methods.get("tucker2"))
+    problem = problem_for(model, layers)
+    problem.methods = {name: candidates for name in layers}
+    monkeypatch.setattr("recon.pipeline.policies.layer_latency", _stub_latency(lambda layer: favoured))
+    monkeypatch.setattr("recon.pipeline.policies.median_latencies",
+                        lambda models, inputs, repeats, channels_last: [1.0] + [0.5] * (len(models) - 1))
+    picked = TargetSpeedup(1.5, torch.zeros(1, 3, 10, 10), cache=False).choose(problem)
+    replaced = [choice for choice in picked.values() if choice is not None]
+    assert replaced and {choice.method.name for choice in replaced} == {favoured}
+
+
+def test_auto_compresses_saves_and_loads_a_model_of_mixed_methods(tmp_path, monkeypatch):
+    """Layers too small to pay on this machine: stubbed tables make scheme2 pay on the 3x3
+    layer, tucker2 on the 3x5 one and svd on the head, and the target needs all three; the
+    rest is real (fits, timing, file)."""
+    model = tiny()
+    favourites = {(3, 3): "scheme2", (3, 5): "tucker2", None: "svd"}
+    monkeypatch.setattr("recon.pipeline.policies.layer_latency",
+                        _stub_latency(lambda layer: favourites.get(getattr(layer, "kernel_size", None))))
+    policy = TargetSpeedup(3, torch.randn(4, 3, 10, 10), cache=False, repeats=3, max_layer_loss=None,
+                           max_output_change=None)
+    result = recon.compress(model, tiny_batches, method="auto", ranks=policy, progress=False)
+    assert result.config.method.startswith("auto(") and result.outcome is not None
+    for record in result.kept:  # each layer replaced by a method that accepts it, with its own rank
+        assert methods.get(record.method).eligible(model.get_submodule(record.name)) is None
+        assert type(result.model.get_submodule(record.name)) is methods.get(record.method).module_class
+    assert {record.name: record.method for record in result.kept} == {
+        "features.0": "scheme2", "features.4": "tucker2", "head": "svd"}
+    path = result.save(tmp_path / "mixed.h5")
+    loaded = recon.apply_bases(tiny(), path)
+    x = torch.randn(2, 3, 10, 10)
+    torch.testing.assert_close(loaded(x), result.model(x))
+
+
+@pytest.mark.parametrize("method, ranks, message", [
+    ("auto", 2, "chooses a method per layer, which needs a policy that chooses methods"),
+    (["scheme2", "nope"], 2, "unknown method 'nope'"),
+    (["scheme2", "scheme2"], 2, "must not repeat"),
+    (3, 2, "method must be a method name"),
+])
+def test_bad_method_choices_are_refused_before_any_work(method, ranks, message):
+    with pytest.raises(ConfigError, match=message):
+        recon.compress(tiny(), tiny_batches, method=method, ranks=ranks, progress=False)

@@ -55,8 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="qualified layer name (repeatable), 'all' for every layer the method can replace, or a "
                       "regular expression over layer names")
     kind = what.add_mutually_exclusive_group()
-    kind.add_argument("--method", choices=tuple(methods.REGISTRY), default="scheme2",
-                      help="; ".join(f"{m.name}: {m.summary}" for m in methods.REGISTRY.values()))
+    kind.add_argument("--method", choices=(*methods.REGISTRY, methods.AUTO), default="scheme2",
+                      help="; ".join(f"{m.name}: {m.summary}" for m in methods.REGISTRY.values())
+                      + f"; {methods.AUTO}: with --target-speedup, the method (or dense) per layer that the search "
+                      "finds best for its measured time")
     kind.add_argument("--scheme", type=int, choices=(1, 2), help="same as --method scheme1 / scheme2")
     ranks = what.add_mutually_exclusive_group(required=True)
     ranks.add_argument("--bases", help="rank of every layer, or name=N pairs separated by commas "
@@ -151,8 +153,11 @@ def _rank(text: str) -> Any:
         return text
 
 
-def _method(args: argparse.Namespace) -> methods.Method:
-    return methods.get(f"scheme{args.scheme}" if args.scheme else args.method)
+def _method(args: argparse.Namespace) -> methods.Candidates:
+    if args.method == methods.AUTO and args.target_speedup is None:
+        raise ConfigError(f"--method {methods.AUTO} chooses a method per layer by measured time: it needs "
+                          "--target-speedup")
+    return methods.resolve(f"scheme{args.scheme}" if args.scheme else args.method)
 
 
 def _data(args: argparse.Namespace, bundled: bool, mode: str):
@@ -247,7 +252,7 @@ def fit(args: argparse.Namespace) -> int:
     LOG.info("fitting %s of %s: %s, %s reconstruction%s", ", ".join(args.layer), args.model, method.name, mode,
              " (asymmetric)" if args.asymmetric else "")
     result = compress(
-        model, data, layers=args.layer, method=method.name, ranks=policy, mode=mode, asymmetric=args.asymmetric,
+        model, data, layers=args.layer, method=method, ranks=policy, mode=mode, asymmetric=args.asymmetric,
         guard=args.guard, channels_last=args.channels_last, input_size=input_size, samples=args.samples,
         patches_per_image=args.patches_per_image or None,
         solver=SolverOptions(args.lbfgs_iterations, schedule, args.cp_iterations, args.seed, args.ridge),

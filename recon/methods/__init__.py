@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from recon.errors import ConfigError
 from recon.methods.base import Fitted, Method, SolverOptions
+from recon.methods.candidates import AUTO, Candidates
+from recon.methods.candidates import resolve_candidates
 from recon.methods.cp import CP
 from recon.methods.scheme1 import Scheme1
 from recon.methods.scheme2 import Scheme2
@@ -22,6 +24,11 @@ def get(name: str) -> Method:
     return REGISTRY[name]
 
 
+def resolve(spec: str | Method | Candidates | list[str]) -> Candidates:
+    """The methods a compression may use: one name, "auto" (all of them), or a list of names."""
+    return resolve_candidates(spec, REGISTRY)
+
+
 def for_module(module_class: type) -> Method:
     """The method whose modules are of ``module_class``."""
     for method in REGISTRY.values():
@@ -30,4 +37,4 @@ def for_module(module_class: type) -> Method:
     raise ConfigError(f"no method builds {module_class.__name__} modules")
 
 
-__all__ = ["Fitted", "Method", "REGISTRY", "SolverOptions", "for_module", "get"]
+__all__ = ["AUTO", "Candidates", "Fitted", "Method", "REGISTRY", "SolverOptions", "for_module", "get", "resolve"]

@@ -82,6 +82,7 @@ class Method(ABC):
     summary: ClassVar[str]
     module_class: ClassVar[type[LowRankModule]]
     fits_data: ClassVar[bool] = False
+    exact_rank_errors: ClassVar[bool] = False  # rank_errors equal the errors of quick_fit, not a bound
     v1_rank_key: ClassVar[str] = "vertical"
 
     def eligible(self, layer: nn.Module) -> str | None:

@@ -25,6 +25,7 @@ class Scheme2(Method):
                "convs too); filter or data mode")
     module_class = Scheme2Conv
     fits_data = True
+    exact_rank_errors = True
 
     def eligible(self, layer: nn.Module) -> str | None:
         return conv_refusal(layer, grouped=True, pointwise=True)

@@ -17,6 +17,7 @@ class SVD(Method):
     summary = "truncated SVD of nn.Linear layers as two linear maps; filter or data mode"
     module_class = LowRankLinear
     fits_data = True
+    exact_rank_errors = True
     v1_rank_key = "first"
 
     def eligible(self, layer: nn.Module) -> str | None:

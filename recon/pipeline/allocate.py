@@ -1,4 +1,4 @@
-"""Global rank allocation: one choice per layer (dense or a rank) minimising the summed
+"""Global rank allocation: one choice per layer (dense, or a method at a rank) minimising the summed
 predicted loss under a latency budget, a multiple-choice knapsack solved by Lagrangian
 relaxation.
 
@@ -11,18 +11,23 @@ the useful ranks lie, and needs no step size or rounding.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 
 @dataclass(frozen=True)
 class LayerChoices:
-    """What one layer may become: ``ranks[i]`` (0 = keep dense) costs ``seconds[i]`` and adds
-    ``losses[i]`` of predicted loss."""
+    """What one layer may become: ``options[i]`` (any label: a rank, a (method, rank) pair,
+    None for dense) costs ``seconds[i]`` and adds ``losses[i]`` of predicted loss."""
 
-    ranks: np.ndarray
+    options: tuple[Any, ...]
     seconds: np.ndarray
     losses: np.ndarray
+
+    def index(self, option: Any) -> int:
+        """Where ``option`` is among the choices."""
+        return self.options.index(option)
 
     def pick(self, price: float) -> int:
         """Index of the choice that is best at ``price`` per second (ties: the faster)."""
@@ -36,12 +41,12 @@ def _picks(layers: dict[str, LayerChoices], price: float) -> tuple[dict[str, int
     return picks, float(sum(layers[name].seconds[index] for name, index in picks.items()))
 
 
-def allocate(layers: dict[str, LayerChoices], budget: float, iterations: int = 100) -> dict[str, int]:
-    """Per layer, the rank (0: dense) of the least-loss allocation whose summed seconds are at
-    most ``budget``; the fastest allocation when none fits."""
+def allocate(layers: dict[str, LayerChoices], budget: float, iterations: int = 100) -> dict[str, Any]:
+    """Per layer, the option of the least-loss allocation whose summed seconds are at most
+    ``budget``; the fastest allocation when none fits."""
     picks, total = _picks(layers, 0.0)
     if total <= budget:
-        return {name: int(layers[name].ranks[index]) for name, index in picks.items()}
+        return {name: layers[name].options[index] for name, index in picks.items()}
     spread = max(float(np.ptp(c.losses)) for c in layers.values()) or 1.0
     gaps = [float(np.ptp(c.seconds)) for c in layers.values() if np.ptp(c.seconds) > 0]
     low, high = 0.0, spread / (min(gaps) if gaps else 1.0) * 1e6  # at ``high`` every layer takes its fastest
@@ -52,4 +57,4 @@ def allocate(layers: dict[str, LayerChoices], budget: float, iterations: int = 1
         else:
             low = middle
     picks, _ = _picks(layers, high)
-    return {name: int(layers[name].ranks[index]) for name, index in picks.items()}
+    return {name: layers[name].options[index] for name, index in picks.items()}

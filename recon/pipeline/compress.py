@@ -30,13 +30,13 @@ from recon.bench.timing import capture_layer_inputs
 from recon.errors import ConfigError, DataError
 from recon.io.bases_file import BasesFile, update_bases, write_bases
 from recon.io.hashing import model_sha256
-from recon.methods import Method, SolverOptions
+from recon.methods import Candidates, Method, SolverOptions
 from recon.pipeline.batches import Batches, DataSource
 from recon.pipeline.calibrate import CalibrationReport, calibrate
 from recon.pipeline.config import CompressConfig
 from recon.pipeline.fitting import fit_layer, fit_layers, to_numpy
 from recon.pipeline.observe import observe, observe_asymmetric
-from recon.pipeline.policies import Fixed, Outcome, RankPolicy, RankProblem, TargetSpeedup
+from recon.pipeline.policies import Choice, Fixed, Outcome, RankPolicy, RankProblem, TargetSpeedup
 from recon.pipeline.report import table
 from recon.pipeline.select import LayerSpec, refusals, select_layers
 from recon.record import LayerRecord, retrained_records
@@ -117,7 +117,9 @@ def _check_input_size(input_size: Any) -> tuple[int, ...] | None:
     return size
 
 
-def _resolve_mode(mode: str | None, data: DataSource | None, method: Method, asymmetric: bool) -> str:
+def _resolve_mode(mode: str | None, data: DataSource | None, method: Candidates, asymmetric: bool) -> str:
+    """The reconstruction mode: data when there is data and a candidate fits data (candidates
+    that do not fit data are fitted to their weights all the same)."""
     mode = mode or ("data" if data is not None and method.fits_data else "filter")
     if mode not in MODES:
         raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -136,7 +138,7 @@ def _resolve_mode(mode: str | None, data: DataSource | None, method: Method, asy
 class _Plan:
     """The checked arguments of one ``compress`` call."""
 
-    method: Method
+    method: Candidates
     mode: str
     policy: RankPolicy
     layers: list[str]
@@ -157,7 +159,7 @@ def _shapes(model: nn.Module, layers: list[str], example: torch.Tensor | None) -
 
 
 def compress(model: nn.Module, data: DataSource | None = None, *, layers: LayerSpec | None = None,
-             method: str = "scheme2", ranks: Any = None, mode: str | None = None, asymmetric: bool = False,
+             method: str | list[str] | Candidates = "scheme2", ranks: Any = None, mode: str | None = None, asymmetric: bool = False,
              guard: bool = False, channels_last: bool = False, device: str | torch.device | None = None,
              input_size: tuple[int, ...] | None = None, samples: int | None = None,
              patches_per_image: int | None = 32, solver: SolverOptions = SolverOptions(),
@@ -172,7 +174,9 @@ def compress(model: nn.Module, data: DataSource | None = None, *, layers: LayerS
         fresh iterable; tensors or (inputs, labels) pairs). None: filter reconstruction only.
       layers: names, "all", a regular expression, a filter function ``fn(module, name)``, or
         a list; default "all" (the dict's names when ``ranks`` is a dict).
-      method: a registered method (``recon.methods.REGISTRY``).
+      method: a registered method (``recon.methods.REGISTRY``); "auto" or a list of names lets
+        ``TargetSpeedup`` choose a method (or dense) per layer among them, by measured time and
+        predicted loss.
       ranks: an int for every layer, a dict name -> rank, or a policy
         (``TargetSpeedup``, ``AccuracyBudget``).
       mode: "data" (match the layer's outputs; default with data) or "filter" (match weights).
@@ -210,29 +214,27 @@ def compress(model: nn.Module, data: DataSource | None = None, *, layers: LayerS
         symmetric = observe(work, batches, plan.layers, patches_per_image, solver.seed, progress)
     approx = copy.deepcopy(work)
 
-    def fit(name: str, rank: Any, moments=None) -> LayerRecord:
+    def fit(name: str, choice: Choice, moments=None) -> LayerRecord:
         moments = moments if moments is not None else (None if symmetric is None else symmetric[name])
-        return fit_layer(plan.method, work.get_submodule(name), name, rank, moments, solver,
+        return fit_layer(choice.method, work.get_submodule(name), name, choice.rank,
+                         moments if choice.method.fits_data else None, solver,
                          None if shapes is None else shapes[name], plan.config.to_dict())
 
-    problem = RankProblem(work, plan.method, plan.layers,
-                          {name: plan.method.geometry(work.get_submodule(name)) for name in plan.layers},
+    problem = RankProblem(work, {name: plan.method.for_layer(work.get_submodule(name)) for name in plan.layers},
+                          plan.layers, {name: plan.method.geometry(work.get_submodule(name)) for name in plan.layers},
                           {name: to_numpy(work.get_submodule(name).weight) for name in plan.layers},
                           symmetric, None if batches is None else example[:SENSITIVITY_SAMPLES], fit, LOG.info)
-    chosen = {name: rank for name, rank in plan.policy.choose(problem).items() if rank is not None}
+    chosen = {name: choice for name, choice in plan.policy.choose(problem).items() if choice is not None}
     records: dict[str, LayerRecord] = {}
     pending: list[LayerRecord] = []
     guard_inputs = _guard_inputs(work, plan.layers, example, timing_batch) if guard else {}
     # without asymmetry every layer's statistics are known now: solve layers of one shape together
-    fitted = {} if asymmetric else fit_layers(
-        plan.method, {name: work.get_submodule(name) for name in chosen}, chosen,
-        {name: None if symmetric is None else symmetric[name] for name in chosen}, solver, shapes,
-        plan.config.to_dict())
+    fitted = {} if asymmetric else _fit_together(work, chosen, symmetric, solver, shapes, plan.config)
     for name in (name for name in plan.layers if name in chosen):
         if name in fitted:
             record = fitted[name]
-        elif symmetric is not None and not any(r.kept for r in records.values()):
-            # until a layer is replaced, the approximated model is the dense one: x_hat = x, symmetric
+        elif not chosen[name].method.fits_data or (symmetric is not None and not any(r.kept for r in records.values())):
+            # fitted to its weights; or, until a layer is replaced, the approximated model is the dense one: symmetric
             record = fit(name, chosen[name])
         else:
             record = fit(name, chosen[name], observe_asymmetric(work, approx, batches, name, patches_per_image,
@@ -262,6 +264,23 @@ def compress(model: nn.Module, data: DataSource | None = None, *, layers: LayerS
                        model_sha256(model), outcome, [name for name in plan.layers if name not in chosen])
 
 
+def _fit_together(work: nn.Module, chosen: dict[str, Choice], symmetric: dict[str, Any] | None,
+                  solver: SolverOptions, shapes: dict[str, tuple[int, ...]] | None,
+                  config: CompressConfig) -> dict[str, LayerRecord]:
+    """Every chosen layer fitted on symmetric statistics (or its weights), each method's
+    layers in batched calls; records in the order of ``chosen``."""
+    by_method: dict[Method, dict[str, Choice]] = {}
+    for name, choice in chosen.items():
+        by_method.setdefault(choice.method, {})[name] = choice
+    records: dict[str, LayerRecord] = {}
+    for method, picked in by_method.items():
+        moments = {name: symmetric[name] if symmetric is not None and method.fits_data else None for name in picked}
+        records.update(fit_layers(method, {name: work.get_submodule(name) for name in picked},
+                                  {name: choice.rank for name, choice in picked.items()}, moments, solver, shapes,
+                                  config.to_dict()))
+    return {name: records[name] for name in chosen}
+
+
 def _warn_about_statistics(record: LayerRecord, ridge: float) -> None:
     """Warn, naming the layer, when its statistics are too thin or blind to some input directions."""
     stats = record.statistics
@@ -280,14 +299,18 @@ def _warn_about_statistics(record: LayerRecord, ridge: float) -> None:
 def _plan(model, data, layers, method_name, ranks, mode, asymmetric, guard, channels_last, input_size, samples,
           patches_per_image, solver, min_speedup, timing_batch, max_output_loss, dense_when_lossy) -> _Plan:
     """Every argument checked, the layers selected and the ranks validated: before any work."""
-    method = methods.get(method_name)
+    method = methods.resolve(method_name)
     mode = _resolve_mode(mode, data, method, asymmetric)
     policy = _as_policy(ranks)
+    if method.single is None and not policy.chooses_methods:
+        raise ConfigError(f"method {method.name} chooses a method per layer, which needs a policy that chooses "
+                          "methods (recon.TargetSpeedup); with fixed ranks or AccuracyBudget name one method")
     if layers is None:
         layers = list(policy.ranks) if isinstance(policy, Fixed) and isinstance(policy.ranks, dict) else "all"
     names = select_layers(model, layers, method)
     geometries = {name: method.geometry(model.get_submodule(name)) for name in names}
-    policy.check(method, geometries)
+    if method.single is not None:
+        policy.check(method.single, geometries)
     for label, value, minimum in (("samples", samples, 1), ("patches_per_image", patches_per_image, 1),
                                   ("timing_batch", timing_batch, 1)):
         if value is not None and (not isinstance(value, int) or value < minimum):

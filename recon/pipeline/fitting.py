@@ -66,6 +66,16 @@ def output_variance_lost(weights: np.ndarray, bias: np.ndarray | None, w_hat: np
     return lost / variance
 
 
+def approximation_error(weights: np.ndarray, bias: np.ndarray | None, w_hat: np.ndarray, moments: Moments | None,
+                        groups: int) -> float:
+    """How much of the layer ``w_hat`` loses: of its output variance, bias refitted, given
+    input ``moments``; of its weight energy without them (the measures of ``rank_errors``)."""
+    if moments is None:
+        return filter_relative_error(weights, w_hat)
+    return output_variance_lost(weights, bias, w_hat, refit_biases(weights, bias, w_hat, moments, groups), moments,
+                                groups)
+
+
 def input_conditioning(moments: Moments) -> Conditioning:
     """The conditioning of the inputs' covariance; for a grouped layer its worst group's."""
     each = [conditioning(moments.group(g).covariance_hat(), moments.count) for g in range(moments.groups)]

@@ -18,7 +18,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -31,7 +31,7 @@ from recon.errors import ConfigError, FitError
 from recon.methods import Method
 from recon.nn import Geometry, LowRankModule
 from recon.pipeline.allocate import LayerChoices, allocate
-from recon.pipeline.fitting import to_numpy
+from recon.pipeline.fitting import approximation_error, to_numpy
 from recon.pipeline.sensitivity import output_sensitivities
 from recon.record import LayerRecord
 from recon.surgery import replace_layer
@@ -40,22 +40,36 @@ from solvers.objectives import Moments
 WHOLE_MODEL_REPEATS = 50  # timed calls per model when a whole model is measured
 
 
+class Choice(NamedTuple):
+    """What a policy gives a layer: a method and its rank."""
+
+    method: Method
+    rank: Any
+
+
 @dataclass
 class RankProblem:
-    """What a policy may use: the dense model (on the working device), the method, the layers
-    in model order, their geometries and weights, symmetric statistics when the fit is in
-    data mode, ``sample``, a batch of real inputs (None without data), a way to fit one
-    layer, and a way to report progress."""
+    """What a policy may use: the dense model (on the working device), the layers in model
+    order, each layer's candidate methods (one unless the policy chooses methods), their
+    geometries and weights, symmetric statistics when the fit is in data mode, ``sample``, a
+    batch of real inputs (None without data), a way to fit one layer to a ``Choice``, and a
+    way to report progress."""
 
     model: nn.Module
-    method: Method
+    methods: dict[str, tuple[Method, ...]]
     layers: list[str]
     geometries: dict[str, Geometry]
     weights: dict[str, np.ndarray]
     moments: dict[str, Moments] | None
     sample: torch.Tensor | None
-    fit: Callable[[str, Any], LayerRecord]
+    fit: Callable[[str, Choice], LayerRecord]
     report: Callable[[str], None]
+
+    def method_of(self, name: str) -> Method:
+        """The method of a layer that has one candidate."""
+        if len(self.methods[name]) != 1:
+            raise ConfigError(f"layer {name!r} has several candidate methods; this policy needs one")
+        return self.methods[name][0]
 
 
 @dataclass(frozen=True)
@@ -69,14 +83,16 @@ class Outcome:
 
 
 class RankPolicy:
-    """Base of the policies: ``choose`` ranks (None keeps a layer dense), optionally ``outcome``."""
+    """Base of the policies: ``choose`` a ``Choice`` per layer (None keeps it dense), optionally
+    ``outcome``. Only a policy that ``chooses_methods`` takes several candidates per layer."""
 
     uses_statistics = False
+    chooses_methods = False
 
     def check(self, method: Method, geometries: dict[str, Geometry]) -> None:
         """Refuse, before any work, what cannot be done (default: nothing to check)."""
 
-    def choose(self, problem: RankProblem) -> dict[str, Any]:
+    def choose(self, problem: RankProblem) -> dict[str, Choice | None]:
         raise NotImplementedError
 
     def outcome(self, dense: nn.Module, approx: nn.Module) -> Outcome | None:
@@ -111,8 +127,8 @@ class Fixed(RankPolicy):
     def rank_of(self, name: str) -> Any:
         return self.ranks[name] if isinstance(self.ranks, dict) else self.ranks
 
-    def choose(self, problem: RankProblem) -> dict[str, Any]:
-        return {name: self.rank_of(name) for name in problem.layers}
+    def choose(self, problem: RankProblem) -> dict[str, Choice | None]:
+        return {name: Choice(problem.method_of(name), self.rank_of(name)) for name in problem.layers}
 
     def describe(self) -> dict[str, Any]:
         ranks = self.ranks if isinstance(self.ranks, dict) else {"all": self.ranks}
@@ -134,6 +150,43 @@ def _calibrate(dense_model: float, dense_layers: float, low_model: float, low_la
             return kappa, other
         return dense_model / dense_layers, 0.0
     return 1.0, max(dense_model - dense_layers, 0.0)
+
+
+def _describe(picked: dict[str, Choice | None]) -> str:
+    """An allocation as the progress line shows it: name -> rank, or method:rank with several methods."""
+    methods = {choice.method.name for choice in picked.values() if choice}
+    label = lambda c: "dense" if c is None else (str(c.rank) if len(methods) <= 1 else f"{c.method.name}:{c.rank}")
+    return "{" + ", ".join(f"{name}: {label(choice)}" for name, choice in picked.items()) + "}"
+
+
+class _QuickModules:
+    """Quick-fit modules of a problem's layers (``Method.quick_fit``), made once each: they are
+    timed in whole-model measurements, probe sensitivities, and measure errors."""
+
+    def __init__(self, problem: RankProblem) -> None:
+        self.problem = problem
+        self.modules: dict[tuple[str, str, int], LowRankModule] = {}
+
+    def module(self, name: str, method: Method, rank: int) -> LowRankModule:
+        if (name, method.name, rank) not in self.modules:
+            layer, geometry = self.problem.model.get_submodule(name), self.problem.geometries[name]
+            fitted = method.quick_fit(self.problem.weights[name], rank, geometry.groups)
+            bias = None if layer.bias is None else to_numpy(layer.bias)
+            self.modules[name, method.name, rank] = method.build(geometry, fitted, bias).to(layer.weight.device,
+                                                                                           layer.weight.dtype)
+        return self.modules[name, method.name, rank]
+
+    def error(self, name: str, method: Method, rank: int) -> float:
+        """The quick fit's error, of the layer's outputs with statistics, else of its weights
+        (infinite when the fit fails)."""
+        try:
+            w_hat = to_numpy(self.module(name, method, rank).dense_weight())
+        except FitError:
+            return math.inf
+        layer = self.problem.model.get_submodule(name)
+        moments = None if self.problem.moments is None else self.problem.moments[name]
+        return approximation_error(self.problem.weights[name], None if layer.bias is None else to_numpy(layer.bias),
+                                   w_hat, moments, self.problem.geometries[name].groups)
 
 
 class TargetSpeedup(RankPolicy):
@@ -168,6 +221,7 @@ class TargetSpeedup(RankPolicy):
     """
 
     uses_statistics = True
+    chooses_methods = True
 
     def __init__(self, factor: float, example_input: torch.Tensor, channels_last: bool = False,
                  margin: float = 0.03, repeats: int = WHOLE_MODEL_REPEATS,
@@ -193,97 +247,118 @@ class TargetSpeedup(RankPolicy):
         self.output_bounded = False  # whether it bounded the predicted output change (with data)
 
     @staticmethod
-    def _errors(problem: RankProblem, name: str) -> np.ndarray | None:
+    def _errors(problem: RankProblem, name: str, method: Method) -> np.ndarray | None:
         """The method's closed-form error of every rank 1..max_rank of a layer, or None."""
-        top = problem.method.max_rank(problem.geometries[name])
+        top = method.max_rank(problem.geometries[name])
         covariance = None if problem.moments is None else problem.moments[name].covariance()
-        errors = problem.method.rank_errors(problem.weights[name], covariance, problem.geometries[name].groups)
+        errors = method.rank_errors(problem.weights[name], covariance, problem.geometries[name].groups)
         if errors is not None and len(errors) != top:
-            raise FitError(f"{problem.method.name}.rank_errors gave {len(errors)} errors for layer {name!r}, "
+            raise FitError(f"{method.name}.rank_errors gave {len(errors)} errors for layer {name!r}, "
                            f"expected one per rank 1..{top}")
         return None if errors is None else np.clip(np.asarray(errors, float), 0, None)
 
     @staticmethod
-    def _probe_rank(errors: np.ndarray | None, top: int) -> int:
+    def _probe_rank(ranks: np.ndarray, errors: np.ndarray | None) -> int:
         """The rank of the module that measures a layer's sensitivity: the smallest predicted to
         lose at most ``PROBE_LOSS``; a quarter of the largest for a method without a closed form."""
         if errors is None:
-            return max(1, top // 4)
+            return max(1, int(ranks[-1]) // 4)
         small = np.flatnonzero(errors <= PROBE_LOSS)
-        return int(small[0]) + 1 if len(small) else top
+        return int(ranks[small[0]] if len(small) else ranks[-1])
 
-    def _choices(self, errors: np.ndarray | None, top: int, table: LayerLatency, weight: float,
-                 data_mode: bool) -> LayerChoices:
-        ranks = np.arange(1, top + 1)
-        bounded = errors is not None and data_mode and self.max_layer_loss is not None
-        errors = 1 - ranks / top if errors is None else errors
-        allowed = errors <= self.max_layer_loss if bounded else np.ones(top, bool)
-        return LayerChoices(np.concatenate([[0], ranks[allowed]]),
-                            np.concatenate([[table.dense], table.at(ranks[allowed])]),
-                            np.concatenate([[0.0], weight * errors[allowed]]))
+    def _curve(self, problem: RankProblem, name: str, method: Method, table: LayerLatency,
+               quick: _QuickModules) -> tuple[np.ndarray, np.ndarray | None]:
+        """(ranks, predicted error of each, None without a closed form) of one method on a layer.
 
-    def choose(self, problem: RankProblem) -> dict[str, Any]:
+        One method: its closed form at every rank (a bound's bias is shared by every layer, so
+        ranks still compare). Several: a bound would favour the methods whose bound is lower,
+        so a method whose closed form is not exact is measured instead, by the error of its
+        quick fit at the latency table's ranks."""
+        errors = self._errors(problem, name, method)
+        several = len(problem.methods[name]) > 1
+        if not several or (errors is not None and method.exact_rank_errors):
+            return np.arange(1, method.max_rank(problem.geometries[name]) + 1), errors
+        ranks = np.array(table.ranks)
+        return ranks, np.array([quick.error(name, method, int(rank)) for rank in ranks])
+
+    def _choices(self, curves: dict[Method, tuple[np.ndarray, np.ndarray | None]],
+                 tables: dict[Method, LayerLatency], weight: float, data_mode: bool) -> LayerChoices:
+        """Dense and every candidate (method, rank) of one layer, with its time and weighted loss.
+        Each method's times are scaled to the first table's dense time: the tables were timed
+        in separate rounds, which drift apart."""
+        reference = next(iter(tables.values())).dense
+        options: list[Choice | None] = [None]
+        seconds, losses = [reference], [0.0]
+        for method, (ranks, errors) in curves.items():
+            bounded = errors is not None and data_mode and self.max_layer_loss is not None
+            errors = 1 - ranks / ranks[-1] if errors is None else errors
+            allowed = np.isfinite(errors) & (errors <= self.max_layer_loss if bounded else True)
+            scale = reference / tables[method].dense
+            options += [Choice(method, int(rank)) for rank in ranks[allowed]]
+            seconds += list(scale * np.asarray(tables[method].at(ranks[allowed]), float))
+            losses += list(weight * errors[allowed])
+        return LayerChoices(tuple(options), np.array(seconds), np.array(losses))
+
+    def choose(self, problem: RankProblem) -> dict[str, Choice | None]:
         example = self.example_input.to(next(problem.model.parameters()).device)
         inputs = capture_layer_inputs(problem.model, problem.layers, example)
         cache = LatencyCache(default_cache_path() if self.cache is True else Path(self.cache) if self.cache else None)
-        tables = {name: layer_latency(problem.method, problem.model.get_submodule(name), inputs[name],
-                                      self.channels_last, cache) for name in problem.layers}
+        tables = {name: {method: layer_latency(method, problem.model.get_submodule(name), inputs[name],
+                                               self.channels_last, cache) for method in problem.methods[name]}
+                  for name in problem.layers}
         cache.save()
-        modules: dict[tuple[str, int], LowRankModule] = {}
-
-        def quick(name: str, rank: int) -> LowRankModule:
-            if (name, rank) not in modules:
-                layer, geometry = problem.model.get_submodule(name), problem.geometries[name]
-                modules[name, rank] = problem.method.build(geometry, problem.method.quick_fit(
-                    problem.weights[name], rank, geometry.groups), None if layer.bias is None else to_numpy(layer.bias)
-                ).to(layer.weight.device, layer.weight.dtype)
-            return modules[name, rank]
-
-        tops = {name: problem.method.max_rank(problem.geometries[name]) for name in problem.layers}
-        errors = {name: self._errors(problem, name) for name in problem.layers}
+        quick = _QuickModules(problem)
+        curves = {name: {method: self._curve(problem, name, method, tables[name][method], quick)
+                         for method in problem.methods[name]} for name in problem.layers}
         weights = ({name: 1.0 for name in problem.layers} if problem.sample is None else output_sensitivities(
-            problem.model, {name: quick(name, self._probe_rank(errors[name], tops[name])) for name in problem.layers},
+            problem.model, {name: quick.module(name, *self._probe(curves[name])) for name in problem.layers},
             problem.sample))
         self.bounded = problem.moments is not None and self.max_layer_loss is not None
         self.output_bounded = problem.sample is not None and self.max_output_change is not None
-        choices = {name: self._choices(errors[name], tops[name], tables[name], weights[name], problem.moments is not None)
+        choices = {name: self._choices(curves[name], tables[name], weights[name], problem.moments is not None)
                    for name in problem.layers}
-        layer_time = lambda ranks: sum(tables[n].dense if not r else float(tables[n].at(r)) for n, r in ranks.items())
-        output_loss = lambda ranks: sum(float(choices[n].losses[list(choices[n].ranks).index(r)]) for n, r in ranks.items())
-        aim, dense_layers = self.factor * (1 + self.margin), sum(table.dense for table in tables.values())
+        total = lambda picked, field: sum(float(getattr(choices[n], field)[choices[n].index(o)])
+                                          for n, o in picked.items())
+        aim, dense_layers = self.factor * (1 + self.margin), sum(c.seconds[0] for c in choices.values())
 
-        def measure(ranks: dict[str, int], label: str) -> tuple[float, float]:
-            timed = timing_model(problem.model, {name: quick(name, rank) for name, rank in ranks.items() if rank})
+        def measure(picked: dict[str, Choice | None], label: str) -> tuple[float, float]:
+            timed = timing_model(problem.model, {name: quick.module(name, *choice)
+                                                 for name, choice in picked.items() if choice})
             dense_time, low_time = median_latencies([problem.model, timed], example, self.repeats,
                                                     channels_last=self.channels_last)
-            problem.report(f"rank allocation {label}: layers predicted {dense_layers / layer_time(ranks):.2f}x, "
-                           f"output change predicted {output_loss(ranks):.4f}, "
-                           f"whole model measured {dense_time / low_time:.2f}x -> "
-                           f"{ {name: rank or None for name, rank in ranks.items()} }")
+            problem.report(f"rank allocation {label}: layers predicted {dense_layers / total(picked, 'seconds'):.2f}x, "
+                           f"output change predicted {total(picked, 'losses'):.4f}, "
+                           f"whole model measured {dense_time / low_time:.2f}x -> {_describe(picked)}")
             return dense_time, low_time
 
         # time and loss swapped: the fastest allocation whose predicted output change is within the bound
-        swapped = {name: LayerChoices(c.ranks, c.losses, c.seconds) for name, c in choices.items()}
+        swapped = {name: LayerChoices(c.options, c.losses, c.seconds) for name, c in choices.items()}
 
-        def pick(budget: float) -> dict[str, int]:
-            ranks = allocate(choices, budget)
-            if self.output_bounded and output_loss(ranks) > self.max_output_change:
-                ranks = allocate(swapped, self.max_output_change)
-            return ranks
+        def pick(budget: float) -> dict[str, Choice | None]:
+            picked = allocate(choices, budget)
+            if self.output_bounded and total(picked, "losses") > self.max_output_change:
+                picked = allocate(swapped, self.max_output_change)
+            return picked
 
         first = pick(dense_layers / (aim * FIRST_OVERSHOOT))
         dense_time, low_time = measure(first, "1")
         measured = {1: dense_time / low_time}
         final = first
         if not aim <= measured[1] <= aim * (1 + CLOSE_ENOUGH):
-            kappa, other = _calibrate(dense_time, dense_layers, low_time, layer_time(first))
+            kappa, other = _calibrate(dense_time, dense_layers, low_time, total(first, "seconds"))
             second = pick(max(dense_time / aim - other, 0.0) / kappa)
             if second != first:
                 dense_time, low_time = measure(second, "2 (time = other + kappa * layers, fitted to allocation 1)")
                 measured[2] = dense_time / low_time
                 final = second if measured[2] >= aim or (measured[1] < aim and measured[2] > measured[1]) else first
         self.best_searched = max(measured.values())
-        return {name: rank or None for name, rank in final.items()}
+        return final
+
+    def _probe(self, curves: dict[Method, tuple[np.ndarray, np.ndarray | None]]) -> tuple[Method, int]:
+        """(method, rank) of a layer's sensitivity probe: the first candidate with predicted errors."""
+        method, (ranks, errors) = next(((m, c) for m, c in curves.items() if c[1] is not None),
+                                       next(iter(curves.items())))
+        return method, self._probe_rank(ranks, errors)
 
     def outcome(self, dense: nn.Module, approx: nn.Module) -> Outcome:
         example = self.example_input.to(next(dense.parameters()).device)
@@ -335,23 +410,24 @@ class AccuracyBudget(RankPolicy):
             raise ConfigError(f"the accuracy metric must return a fraction in [0, 1], got {value}")
         return value
 
-    def choose(self, problem: RankProblem) -> dict[str, Any]:
+    def choose(self, problem: RankProblem) -> dict[str, Choice | None]:
         dense = self._measure(problem.model)
         share = self.points / 100 / len(problem.layers)
         ranks = {}
         for name in problem.layers:
-            low, high = 1, problem.method.max_rank(problem.geometries[name])
+            method = problem.method_of(name)
+            low, high = 1, method.max_rank(problem.geometries[name])
             while low < high:
                 middle = (low + high) // 2
                 approx = copy.deepcopy(problem.model)
-                replace_layer(approx, name, problem.fit(name, middle).module)
+                replace_layer(approx, name, problem.fit(name, Choice(method, middle)).module)
                 drop = dense - self._measure(approx)
                 problem.report(f"search {name}: rank {middle} -> validation drop {100 * drop:+.2f} points")
                 if drop <= share:
                     high = middle
                 else:
                     low = middle + 1
-            ranks[name] = low
+            ranks[name] = Choice(method, low)
         return ranks
 
     def describe(self) -> dict[str, Any]:

@@ -18,12 +18,12 @@ from collections.abc import Callable, Sequence
 from torch import nn
 
 from recon.errors import ConfigError, LayerError
-from recon.methods import Method
+from recon.methods import Candidates, Method
 
 LayerSpec = str | re.Pattern | Callable[[nn.Module, str], bool] | Sequence[str | re.Pattern]
 
 
-def refusals(model: nn.Module, method: Method) -> dict[str, str]:
+def refusals(model: nn.Module, method: Method | Candidates) -> dict[str, str]:
     """Why ``method`` cannot replace each Conv2d / Linear of ``model`` it refuses, by name."""
     reasons = {}
     for name, module in model.named_modules():
@@ -34,13 +34,13 @@ def refusals(model: nn.Module, method: Method) -> dict[str, str]:
     return reasons
 
 
-def eligible_layers(model: nn.Module, method: Method) -> list[str]:
+def eligible_layers(model: nn.Module, method: Method | Candidates) -> list[str]:
     """Qualified names of every layer ``method`` can replace, in registration order."""
     return [name for name, module in model.named_modules()
             if name and isinstance(module, (nn.Conv2d, nn.Linear)) and method.eligible(module) is None]
 
 
-def _by_name(model: nn.Module, name: str, method: Method, eligible: list[str]) -> str:
+def _by_name(model: nn.Module, name: str, method: Method | Candidates, eligible: list[str]) -> str:
     try:
         module = model.get_submodule(name)
     except AttributeError:
@@ -52,7 +52,7 @@ def _by_name(model: nn.Module, name: str, method: Method, eligible: list[str]) -
     return name
 
 
-def _by_pattern(pattern: re.Pattern, eligible: list[str], method: Method) -> list[str]:
+def _by_pattern(pattern: re.Pattern, eligible: list[str], method: Method | Candidates) -> list[str]:
     matched = [name for name in eligible if pattern.fullmatch(name)]
     if not matched:
         raise LayerError(f"no layer that {method.name} can replace matches {pattern.pattern!r}; "
@@ -64,7 +64,7 @@ def _module_names(model: nn.Module) -> set[str]:
     return {name for name, _ in model.named_modules()}
 
 
-def select_layers(model: nn.Module, layers: LayerSpec, method: Method) -> list[str]:
+def select_layers(model: nn.Module, layers: LayerSpec, method: Method | Candidates) -> list[str]:
     """The names that ``layers`` selects for ``method`` (see the module docstring)."""
     eligible = eligible_layers(model, method)
     if callable(layers) and not isinstance(layers, re.Pattern):
