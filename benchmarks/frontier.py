@@ -90,6 +90,11 @@ def main(argv: list[str] | None = None) -> None:
                               solver=SolverOptions(cp_iterations=CP_ITERATIONS))
             fit_seconds = time.perf_counter() - start
             plain = accuracy(result.model, test)
+            if not result.kept:  # nothing pays within the quality bounds: nothing to calibrate or tune
+                table.append([method, f"{target:g}x", "every layer dense: " + result.outcome.description, "-", "-",
+                              "-", f"{fit_seconds:.0f}", "-", "-", "-", "-"])
+                print(table[-1], flush=True)
+                continue
             start = time.perf_counter()
             result.calibrate(model, lambda: data.loader("train", batch_size=250, limit=CALIBRATION["samples"]),
                              progress=False, **CALIBRATION)

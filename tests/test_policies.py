@@ -10,8 +10,9 @@ from recon import data, methods
 from recon.errors import ConfigError
 from recon.metrics import accuracy
 from recon.bench.placeholders import timing_model
+from recon.bench.timing import capture_layer_inputs
 from recon.bench.latency import LayerLatency, rank_grid
-from recon.pipeline.policies import RankProblem, TargetSpeedup
+from recon.pipeline.policies import RankProblem, TargetSpeedup, _QuickModules
 from tests.fixture_models import tiny, tiny_batches
 
 
@@ -46,7 +47,7 @@ def test_target_search_calibrates_on_its_first_timing_and_times_the_model_at_mos
     monkeypatch.setattr("recon.pipeline.policies.median_latencies", model_times)
     lines = []
     problem.report = lines.append
-    policy = TargetSpeedup(1.15, torch.zeros(1, 3, 10, 10), margin=0.02, cache=False)
+    policy = TargetSpeedup(1.15, torch.zeros(1, 3, 10, 10), margin=0.02, cache=False, max_layer_loss=None)
     picked = policy.choose(problem)
     chosen = timing_model(model, {n: c.method.module_class(problem.geometries[n], c.rank)
                                   for n, c in picked.items() if c})
@@ -89,12 +90,12 @@ def test_no_candidate_rank_loses_more_than_the_bound_in_data_mode(model):
     np.testing.assert_allclose(errors, method.rank_errors(problem.weights["conv3"], moments["conv3"].covariance()))
     ranks, table = np.arange(1, len(errors) + 1), LayerLatency(1.0, (1, len(errors)), (0.01, 1.0))
     bounded = TargetSpeedup(2, torch.zeros(1, 1, 28, 28), max_layer_loss=0.05)._choices(
-        {method: (ranks, errors)}, {method: table}, 1.0, True)
+        {method: (ranks, errors)}, {method: table}, 1.0)
     kept = np.array([choice.rank for choice in bounded.options[1:]])
     assert bounded.options[0] is None and np.all(errors[kept - 1] <= 0.05)
     assert len(kept) == int(np.sum(errors <= 0.05)) < len(errors)
     free = TargetSpeedup(2, torch.zeros(1, 1, 28, 28), max_layer_loss=None)._choices(
-        {method: (ranks, errors)}, {method: table}, 1.0, True)
+        {method: (ranks, errors)}, {method: table}, 1.0)
     assert len(free.options) == len(errors) + 1
     assert TargetSpeedup._probe_rank(ranks, errors) == int(np.argmax(errors <= 0.05)) + 1
 
@@ -160,23 +161,32 @@ def test_auto_takes_the_method_that_pays_on_each_layer(favoured, monkeypatch):
     assert replaced and {choice.method.name for choice in replaced} == {favoured}
 
 
-def test_auto_compresses_saves_and_loads_a_model_of_mixed_methods(tmp_path, monkeypatch):
+@pytest.mark.parametrize("asymmetric", [False, True])
+def test_auto_compresses_saves_and_loads_a_model_of_mixed_methods(asymmetric, tmp_path, monkeypatch):
     """Layers too small to pay on this machine: stubbed tables make scheme2 pay on the 3x3
     layer, tucker2 on the 3x5 one and svd on the head, and the target needs all three; the
-    rest is real (fits, timing, file)."""
+    rest is real (fits, timing, file). tucker2 fits weights only: its bias is refitted from
+    the statistics, so its outputs keep the dense layer's mean on the data."""
     model = tiny()
     favourites = {(3, 3): "scheme2", (3, 5): "tucker2", None: "svd"}
     monkeypatch.setattr("recon.pipeline.policies.layer_latency",
                         _stub_latency(lambda layer: favourites.get(getattr(layer, "kernel_size", None))))
     policy = TargetSpeedup(3, torch.randn(4, 3, 10, 10), cache=False, repeats=3, max_layer_loss=None,
                            max_output_change=None)
-    result = recon.compress(model, tiny_batches, method="auto", ranks=policy, progress=False)
+    result = recon.compress(model, tiny_batches, method="auto", ranks=policy, asymmetric=asymmetric,
+                            patches_per_image=None, progress=False)
     assert result.config.method.startswith("auto(") and result.outcome is not None
     for record in result.kept:  # each layer replaced by a method that accepts it, with its own rank
         assert methods.get(record.method).eligible(model.get_submodule(record.name)) is None
         assert type(result.model.get_submodule(record.name)) is methods.get(record.method).module_class
-    assert {record.name: record.method for record in result.kept} == {
-        "features.0": "scheme2", "features.4": "tucker2", "head": "svd"}
+    assert {record.name: (record.method, record.mode) for record in result.kept} == {
+        "features.0": ("scheme2", "data"), "features.4": ("tucker2", "filter"), "head": ("svd", "data")}
+    assert 0 <= result.layers["features.4"].output_variance_lost < 1
+    inputs = torch.cat([capture_layer_inputs(model, ["features.4"], x)["features.4"] for x in tiny_batches()])
+    with torch.no_grad():
+        dense_mean = model.features[4](inputs).mean((0, 2, 3))
+        low_mean = result.layers["features.4"].module(inputs).mean((0, 2, 3))
+    torch.testing.assert_close(low_mean, dense_mean, atol=1e-4, rtol=1e-4)
     path = result.save(tmp_path / "mixed.h5")
     loaded = recon.apply_bases(tiny(), path)
     x = torch.randn(2, 3, 10, 10)
@@ -192,3 +202,41 @@ def test_auto_compresses_saves_and_loads_a_model_of_mixed_methods(tmp_path, monk
 def test_bad_method_choices_are_refused_before_any_work(method, ranks, message):
     with pytest.raises(ConfigError, match=message):
         recon.compress(tiny(), tiny_batches, method=method, ranks=ranks, progress=False)
+
+
+def test_methods_timed_in_different_rounds_are_scaled_to_one_dense_time():
+    """Each method's table has its own dense measurement (the rounds drift): the choices put
+    every method's times on the first table's dense time, so a method is not cheaper for
+    having been timed in a slower round."""
+    scheme2, tucker2 = methods.get("scheme2"), methods.get("tucker2")
+    ranks = np.array([1, 2])
+    errors = np.array([0.2, 0.1])
+    tables = {scheme2: LayerLatency(1.0, (1, 2), (0.3, 0.6)), tucker2: LayerLatency(2.0, (1, 2), (0.6, 1.2))}
+    choices = TargetSpeedup(2, torch.zeros(1, 1, 28, 28), max_layer_loss=None)._choices(
+        {scheme2: (ranks, errors), tucker2: (ranks, errors)}, tables, 2.0)
+    assert choices.options[0] is None and choices.seconds[0] == 1.0
+    np.testing.assert_allclose(choices.seconds[1:], [0.3, 0.6, 0.3, 0.6])
+    np.testing.assert_allclose(choices.losses[1:], 2.0 * np.concatenate([errors, errors]))
+    assert [(c.method.name, c.rank) for c in choices.options[1:]] == [
+        ("scheme2", 1), ("scheme2", 2), ("tucker2", 1), ("tucker2", 2)]
+
+
+def test_a_method_without_a_closed_form_is_judged_by_its_measured_quick_fit_errors(model):
+    """cp has no closed form: its predicted error at each latency-table rank is the weight
+    energy its quick-fit module loses (checked against the module's dense weight), so the
+    layer bound keeps the ranks that lose too much out (the 1 - rank/max guess did not)."""
+    method = methods.get("cp")
+    layer = model.conv3
+    problem = RankProblem(model, {"conv3": (method,)}, ["conv3"], {"conv3": method.geometry(layer)},
+                          {"conv3": layer.weight.detach().double().numpy()}, None, None, None, None)
+    table = LayerLatency(1.0, (4, 32, 256), (0.1, 0.3, 0.9))
+    policy = TargetSpeedup(2, torch.zeros(1, 1, 28, 28), max_layer_loss=0.3)
+    ranks, errors = policy._curve(problem, "conv3", method, table, _QuickModules(problem), several=False)
+    assert list(ranks) == [4, 32, 256]
+    for rank, error in zip(ranks, errors):
+        module = method.build(method.geometry(layer), method.quick_fit(problem.weights["conv3"], int(rank)), None)
+        lost = ((module.dense_weight().detach().double() - layer.weight.double()) ** 2).sum() / (layer.weight ** 2).sum()
+        assert error == pytest.approx(float(lost), rel=1e-6)
+    assert errors[0] > errors[-1]
+    kept = [choice.rank for choice in policy._choices({method: (ranks, errors)}, {method: table}, 1.0).options[1:]]
+    assert kept == [int(r) for r, e in zip(ranks, errors) if e <= 0.3]

@@ -4,10 +4,11 @@ Adding a method = one file with a ``Method`` subclass + one line here + its test
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from recon.errors import ConfigError
 from recon.methods.base import Fitted, Method, SolverOptions
-from recon.methods.candidates import AUTO, Candidates
-from recon.methods.candidates import resolve_candidates
+from recon.methods.candidates import AUTO, Candidates, resolve_candidates
 from recon.methods.cp import CP
 from recon.methods.scheme1 import Scheme1
 from recon.methods.scheme2 import Scheme2
@@ -24,7 +25,7 @@ def get(name: str) -> Method:
     return REGISTRY[name]
 
 
-def resolve(spec: str | Method | Candidates | list[str]) -> Candidates:
+def resolve(spec: str | Method | Candidates | Sequence[str]) -> Candidates:
     """The methods a compression may use: one name, "auto" (all of them), or a list of names."""
     return resolve_candidates(spec, REGISTRY)
 

@@ -9,7 +9,7 @@ from torch import nn
 
 from recon.errors import ConfigError
 from recon.methods.base import Method
-from recon.nn import Geometry, geometry_of
+from recon.nn import Geometry
 
 AUTO = "auto"
 
@@ -19,11 +19,10 @@ class Candidates:
     """Methods in order of preference; a layer is eligible when one of them accepts it."""
 
     methods: tuple[Method, ...]
-    auto: bool = False
 
     @property
     def name(self) -> str:
-        """"scheme2" for one method, "auto(scheme2,scheme1,...)" for several."""
+        """The method's name for one method, "auto(scheme2,scheme1,...)" for several."""
         names = ",".join(m.name for m in self.methods)
         return names if len(self.methods) == 1 else f"{AUTO}({names})"
 
@@ -34,6 +33,7 @@ class Candidates:
 
     @property
     def fits_data(self) -> bool:
+        """Whether some candidate fits data (the others refit only their bias in data mode)."""
         return any(m.fits_data for m in self.methods)
 
     def for_layer(self, layer: nn.Module) -> tuple[Method, ...]:
@@ -50,7 +50,8 @@ class Candidates:
         return "; ".join(f"{name}: {reason}" for name, reason in reasons)
 
     def geometry(self, layer: nn.Module) -> Geometry:
-        return geometry_of(layer)
+        """The layer's geometry, as its candidates see it (every method reads ``geometry_of``)."""
+        return self.methods[0].geometry(layer)
 
 
 def resolve_candidates(spec: str | Method | Candidates | Sequence[str], registry: dict[str, Method]) -> Candidates:
@@ -62,7 +63,7 @@ def resolve_candidates(spec: str | Method | Candidates | Sequence[str], registry
         return Candidates((spec,))
     if isinstance(spec, str):
         if spec == AUTO:
-            return Candidates(tuple(registry.values()), auto=True)
+            return Candidates(tuple(registry.values()))
         names = [spec]
     elif isinstance(spec, Sequence) and spec and all(isinstance(name, str) for name in spec):
         names = list(spec)
@@ -73,4 +74,4 @@ def resolve_candidates(spec: str | Method | Candidates | Sequence[str], registry
         raise ConfigError(f"unknown method {unknown[0]!r}; available: {', '.join(registry)}, or {AUTO!r} for all")
     if len(set(names)) != len(names):
         raise ConfigError(f"method names must not repeat, got {names!r}")
-    return Candidates(tuple(registry[name] for name in names), auto=len(names) > 1)
+    return Candidates(tuple(registry[name] for name in names))

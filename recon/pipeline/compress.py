@@ -159,7 +159,8 @@ def _shapes(model: nn.Module, layers: list[str], example: torch.Tensor | None) -
 
 
 def compress(model: nn.Module, data: DataSource | None = None, *, layers: LayerSpec | None = None,
-             method: str | list[str] | Candidates = "scheme2", ranks: Any = None, mode: str | None = None, asymmetric: bool = False,
+             method: str | list[str] | Method | Candidates = "scheme2", ranks: Any = None, mode: str | None = None,
+             asymmetric: bool = False,
              guard: bool = False, channels_last: bool = False, device: str | torch.device | None = None,
              input_size: tuple[int, ...] | None = None, samples: int | None = None,
              patches_per_image: int | None = 32, solver: SolverOptions = SolverOptions(),
@@ -216,8 +217,7 @@ def compress(model: nn.Module, data: DataSource | None = None, *, layers: LayerS
 
     def fit(name: str, choice: Choice, moments=None) -> LayerRecord:
         moments = moments if moments is not None else (None if symmetric is None else symmetric[name])
-        return fit_layer(choice.method, work.get_submodule(name), name, choice.rank,
-                         moments if choice.method.fits_data else None, solver,
+        return fit_layer(choice.method, work.get_submodule(name), name, choice.rank, moments, solver,
                          None if shapes is None else shapes[name], plan.config.to_dict())
 
     problem = RankProblem(work, {name: plan.method.for_layer(work.get_submodule(name)) for name in plan.layers},
@@ -234,7 +234,8 @@ def compress(model: nn.Module, data: DataSource | None = None, *, layers: LayerS
         if name in fitted:
             record = fitted[name]
         elif not chosen[name].method.fits_data or (symmetric is not None and not any(r.kept for r in records.values())):
-            # fitted to its weights; or, until a layer is replaced, the approximated model is the dense one: symmetric
+            # symmetric: a method that fits weights only refits just its bias; and until a layer is
+            # replaced, the approximated model is the dense one
             record = fit(name, chosen[name])
         else:
             record = fit(name, chosen[name], observe_asymmetric(work, approx, batches, name, patches_per_image,
@@ -274,7 +275,7 @@ def _fit_together(work: nn.Module, chosen: dict[str, Choice], symmetric: dict[st
         by_method.setdefault(choice.method, {})[name] = choice
     records: dict[str, LayerRecord] = {}
     for method, picked in by_method.items():
-        moments = {name: symmetric[name] if symmetric is not None and method.fits_data else None for name in picked}
+        moments = {name: None if symmetric is None else symmetric[name] for name in picked}
         records.update(fit_layers(method, {name: work.get_submodule(name) for name in picked},
                                   {name: choice.rank for name, choice in picked.items()}, moments, solver, shapes,
                                   config.to_dict()))

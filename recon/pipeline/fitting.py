@@ -87,7 +87,8 @@ def fit_layers(method: Method, layers: dict[str, nn.Module], ranks: dict[str, An
                input_shapes: dict[str, tuple[int, ...]] | None = None,
                config: dict[str, Any] | None = None) -> dict[str, LayerRecord]:
     """Fit ``method`` at ``ranks`` to ``layers`` (to their outputs where ``moments`` are given,
-    with the bias refitted from the input means). Layers that share a ``Method.batch_key`` are
+    with the bias refitted from the input means; a method that does not ``fits_data`` is fitted
+    to the weights and refits only the bias). Layers that share a ``Method.batch_key`` are
     solved in one batched call (their fit time is the batch's, split evenly). Records come back
     in the order of ``layers``, modules on each layer's device and dtype."""
     batches: dict[Any, list[str]] = defaultdict(list)
@@ -99,7 +100,8 @@ def fit_layers(method: Method, layers: dict[str, nn.Module], ranks: dict[str, An
         rank, groups = ranks[names[0]], method.geometry(layers[names[0]]).groups
         start = time.perf_counter()
         try:
-            fitted = method.fit_many([(arrays[name][0], moments[name]) for name in names], rank, options, groups)
+            fitted = method.fit_many([(arrays[name][0], moments[name] if method.fits_data else None) for name in names],
+                                     rank, options, groups)
         except (ProblemError, DivergenceError, FitError) as err:
             raise FitError(f"layer {', '.join(repr(n) for n in names)} ({method.name}, rank {rank}): {err}") from err
         seconds = (time.perf_counter() - start) / len(names)
@@ -130,7 +132,8 @@ def _record(method: Method, layer: nn.Module, name: str, fitted: Fitted, weights
                    else output_variance_lost(weights, bias, w_hat, bias_hat, moments, geometry.groups))
     weight_hash, bias_hash = layer_sha256(layer)
     return LayerRecord(
-        name=name, method=method.name, rank=fitted.rank, mode="filter" if moments is None else "data",
+        name=name, method=method.name, rank=fitted.rank,
+        mode="data" if moments is not None and method.fits_data else "filter",
         geometry=geometry, module=module.to(device=layer.weight.device, dtype=layer.weight.dtype).eval(),
         weight_sha256=weight_hash, bias_sha256=bias_hash,
         filter_energy_lost=filter_relative_error(weights, w_hat), output_variance_lost=output_lost,

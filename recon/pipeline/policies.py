@@ -1,4 +1,4 @@
-"""Rank policies: how many bases each layer gets.
+"""Rank policies: how many bases each layer gets (and, for TargetSpeedup, by which method).
 
 * ``Fixed(48)`` or ``Fixed({"conv2": 48, "conv3": 64})`` (``compress`` also takes the int or
   dict itself): given ranks, checked against each layer before any work.
@@ -6,10 +6,12 @@
   ``example_input`` reaches the target: per-layer latency tables (measured, cached) and
   closed-form errors weighted by measured sensitivities feed a global allocation under a
   time budget, confirmed by at most two whole-model timings. Layers that do not pay stay dense.
+  The only policy that also chooses the method per layer (``method="auto"``).
 * ``AccuracyBudget(0.5, metric)``: per layer, bisection on the rank for the smallest one
   whose replacement alone costs at most its share (budget / layers) of ``metric``.
 
-A policy's ``choose`` sees a ``RankProblem``; ``outcome`` may measure the finished model.
+A policy's ``choose`` sees a ``RankProblem`` and gives each layer a ``Choice(method, rank)``
+or None (dense); ``outcome`` may measure the finished model.
 """
 from __future__ import annotations
 
@@ -168,6 +170,7 @@ class _QuickModules:
         self.modules: dict[tuple[str, str, int], LowRankModule] = {}
 
     def module(self, name: str, method: Method, rank: int) -> LowRankModule:
+        """The quick-fit module of ``method`` at ``rank`` for layer ``name`` (made on first use)."""
         if (name, method.name, rank) not in self.modules:
             layer, geometry = self.problem.model.get_submodule(name), self.problem.geometries[name]
             fitted = method.quick_fit(self.problem.weights[name], rank, geometry.groups)
@@ -196,18 +199,21 @@ class TargetSpeedup(RankPolicy):
        time over a grid of ranks, on its real input within ``example_input``, cached between
        runs (``cache``: True for ``$RECON_CACHE_DIR`` or ``~/.cache/recon``, a file path, or
        False for this run only).
-    2. Predicted loss of every rank: the method's closed-form error (output variance lost in
-       data mode, weight energy lost in filter mode) times the layer's output sensitivity
-       measured on the data with a quick low-rank probe of the layer losing about
-       ``PROBE_LOSS`` (``recon.pipeline.sensitivity``; 1 without data). Methods without
-       a closed form use the fraction of the largest rank left out. In data mode a rank whose
-       closed-form output variance lost exceeds ``max_layer_loss`` is no candidate, and with
-       data no allocation may change the model's output by more than ``max_output_change``
+    2. Predicted loss of every rank: the layer's error (output variance lost in data mode,
+       weight energy lost in filter mode) times its output sensitivity measured on the data
+       with a quick low-rank probe of the layer losing about ``PROBE_LOSS``
+       (``recon.pipeline.sensitivity``; 1 without data). The error is the method's closed
+       form at every rank, or, for a method without one (and, with several methods, for one
+       whose closed form is not exact), the measured error of its quick fit at the latency
+       table's ranks (``_curve``). A rank whose error exceeds ``max_layer_loss`` is no
+       candidate, and with data no allocation may change the model's output by more than ``max_output_change``
        of its variance (predicted: the summed weighted losses): a target out of reach is then
        missed and reported with the best speedup within those bounds, not met by layers that
        have lost their output.
     3. Allocation (``recon.pipeline.allocate``): the least summed loss whose summed layer
-       time meets the budget; keeping a layer dense is one of the choices.
+       time meets the budget; keeping a layer dense is one of the choices. With several
+       candidate methods per layer (``method="auto"``) every (method, rank) is a choice: one
+       table per method, and losses that compare across methods (``_curve``).
     4. At most two whole-model timings. The first allocation takes the model's time to be its
        layers' time and aims ``FIRST_OVERSHOOT`` beyond the target (the rest of the model
        makes the whole slower than its layers); its measurement fits ``time = other + kappa *
@@ -237,13 +243,13 @@ class TargetSpeedup(RankPolicy):
         if max_output_change is not None and not max_output_change > 0:
             raise ConfigError(f"max_output_change must be a number > 0 or None, got {max_output_change!r}")
         if max_layer_loss is not None and not 0 < max_layer_loss <= 1:
-            raise ConfigError(f"max_layer_loss is a fraction of a layer's output variance in (0, 1], or None; "
-                              f"got {max_layer_loss!r}")
+            raise ConfigError(f"max_layer_loss is a fraction of a layer's output variance (data mode) or weight "
+                              f"energy (filter mode) in (0, 1], or None; got {max_layer_loss!r}")
         self.factor, self.example_input, self.channels_last = float(factor), example_input, channels_last
         self.margin, self.repeats, self.cache, self.max_layer_loss = margin, repeats, cache, max_layer_loss
         self.max_output_change = max_output_change
         self.best_searched = 0.0  # the best whole-model speedup the last search measured
-        self.bounded = False  # whether the last search left out ranks above max_layer_loss (data mode)
+        self.bounded = ""  # what the last search bounded by max_layer_loss ("output variance", "weight energy")
         self.output_bounded = False  # whether it bounded the predicted output change (with data)
 
     @staticmethod
@@ -258,31 +264,29 @@ class TargetSpeedup(RankPolicy):
         return None if errors is None else np.clip(np.asarray(errors, float), 0, None)
 
     @staticmethod
-    def _probe_rank(ranks: np.ndarray, errors: np.ndarray | None) -> int:
+    def _probe_rank(ranks: np.ndarray, errors: np.ndarray) -> int:
         """The rank of the module that measures a layer's sensitivity: the smallest predicted to
-        lose at most ``PROBE_LOSS``; a quarter of the largest for a method without a closed form."""
-        if errors is None:
-            return max(1, int(ranks[-1]) // 4)
+        lose at most ``PROBE_LOSS``, else the largest."""
         small = np.flatnonzero(errors <= PROBE_LOSS)
         return int(ranks[small[0]] if len(small) else ranks[-1])
 
-    def _curve(self, problem: RankProblem, name: str, method: Method, table: LayerLatency,
-               quick: _QuickModules) -> tuple[np.ndarray, np.ndarray | None]:
-        """(ranks, predicted error of each, None without a closed form) of one method on a layer.
+    def _curve(self, problem: RankProblem, name: str, method: Method, table: LayerLatency, quick: _QuickModules,
+               several: bool) -> tuple[np.ndarray, np.ndarray]:
+        """(ranks, predicted error of each) of one method on a layer.
 
-        One method: its closed form at every rank (a bound's bias is shared by every layer, so
-        ranks still compare). Several: a bound would favour the methods whose bound is lower,
-        so a method whose closed form is not exact is measured instead, by the error of its
-        quick fit at the latency table's ranks."""
-        errors = self._errors(problem, name, method)
-        several = len(problem.methods[name]) > 1
-        if not several or (errors is not None and method.exact_rank_errors):
+        The closed form at every rank when there is one and only one method in the problem
+        (a bound's bias is shared by every layer, so ranks still compare). Otherwise the
+        measured error of the quick fit at the latency table's ranks: a method without a
+        closed form has nothing else, and among ``several`` methods a bound would favour those
+        whose bound is lower (an exact closed form is kept)."""
+        errors = None if several and not method.exact_rank_errors else self._errors(problem, name, method)
+        if errors is not None:
             return np.arange(1, method.max_rank(problem.geometries[name]) + 1), errors
         ranks = np.array(table.ranks)
         return ranks, np.array([quick.error(name, method, int(rank)) for rank in ranks])
 
-    def _choices(self, curves: dict[Method, tuple[np.ndarray, np.ndarray | None]],
-                 tables: dict[Method, LayerLatency], weight: float, data_mode: bool) -> LayerChoices:
+    def _choices(self, curves: dict[Method, tuple[np.ndarray, np.ndarray]],
+                 tables: dict[Method, LayerLatency], weight: float) -> LayerChoices:
         """Dense and every candidate (method, rank) of one layer, with its time and weighted loss.
         Each method's times are scaled to the first table's dense time: the tables were timed
         in separate rounds, which drift apart."""
@@ -290,9 +294,7 @@ class TargetSpeedup(RankPolicy):
         options: list[Choice | None] = [None]
         seconds, losses = [reference], [0.0]
         for method, (ranks, errors) in curves.items():
-            bounded = errors is not None and data_mode and self.max_layer_loss is not None
-            errors = 1 - ranks / ranks[-1] if errors is None else errors
-            allowed = np.isfinite(errors) & (errors <= self.max_layer_loss if bounded else True)
+            allowed = np.isfinite(errors) & (errors <= (np.inf if self.max_layer_loss is None else self.max_layer_loss))
             scale = reference / tables[method].dense
             options += [Choice(method, int(rank)) for rank in ranks[allowed]]
             seconds += list(scale * np.asarray(tables[method].at(ranks[allowed]), float))
@@ -308,15 +310,16 @@ class TargetSpeedup(RankPolicy):
                   for name in problem.layers}
         cache.save()
         quick = _QuickModules(problem)
-        curves = {name: {method: self._curve(problem, name, method, tables[name][method], quick)
+        several = len({method for candidates in problem.methods.values() for method in candidates}) > 1
+        curves = {name: {method: self._curve(problem, name, method, tables[name][method], quick, several)
                          for method in problem.methods[name]} for name in problem.layers}
         weights = ({name: 1.0 for name in problem.layers} if problem.sample is None else output_sensitivities(
             problem.model, {name: quick.module(name, *self._probe(curves[name])) for name in problem.layers},
             problem.sample))
-        self.bounded = problem.moments is not None and self.max_layer_loss is not None
+        self.bounded = "" if self.max_layer_loss is None else (
+            "weight energy" if problem.moments is None else "output variance")
         self.output_bounded = problem.sample is not None and self.max_output_change is not None
-        choices = {name: self._choices(curves[name], tables[name], weights[name], problem.moments is not None)
-                   for name in problem.layers}
+        choices = {name: self._choices(curves[name], tables[name], weights[name]) for name in problem.layers}
         total = lambda picked, field: sum(float(getattr(choices[n], field)[choices[n].index(o)])
                                           for n, o in picked.items())
         aim, dense_layers = self.factor * (1 + self.margin), sum(c.seconds[0] for c in choices.values())
@@ -354,11 +357,15 @@ class TargetSpeedup(RankPolicy):
         self.best_searched = max(measured.values())
         return final
 
-    def _probe(self, curves: dict[Method, tuple[np.ndarray, np.ndarray | None]]) -> tuple[Method, int]:
-        """(method, rank) of a layer's sensitivity probe: the first candidate with predicted errors."""
-        method, (ranks, errors) = next(((m, c) for m, c in curves.items() if c[1] is not None),
-                                       next(iter(curves.items())))
-        return method, self._probe_rank(ranks, errors)
+    def _probe(self, curves: dict[Method, tuple[np.ndarray, np.ndarray]]) -> tuple[Method, int]:
+        """(method, rank) of a layer's sensitivity probe: of the first candidate with a finite
+        predicted error (a failed quick fit has an infinite one), at its finite ranks."""
+        usable = [(m, c) for m, c in curves.items() if np.isfinite(c[1]).any()]
+        if not usable:
+            raise FitError("every quick fit of the layer failed: no candidate to measure its sensitivity with")
+        method, (ranks, errors) = usable[0]
+        finite = np.isfinite(errors)
+        return method, self._probe_rank(ranks[finite], errors[finite])
 
     def outcome(self, dense: nn.Module, approx: nn.Module) -> Outcome:
         example = self.example_input.to(next(dense.parameters()).device)
@@ -375,7 +382,7 @@ class TargetSpeedup(RankPolicy):
 
     def _bounds(self) -> str:
         """The quality bounds the last search kept to, as the end of a sentence."""
-        bounds = [f"no layer losing more than {self.max_layer_loss:g} of its output variance (max_layer_loss)"
+        bounds = [f"no layer losing more than {self.max_layer_loss:g} of its {self.bounded} (max_layer_loss)"
                   ] if self.bounded else []
         bounds += [f"the model's output changing by at most {self.max_output_change:g} of its variance "
                    "(max_output_change)"] if self.output_bounded else []
