@@ -15,6 +15,7 @@ def main() -> None:
     accuracy.main([])
     target_speedup.main([])
     target_speedup.main(["--model", "fmnist-resnet", "--target", "2", "--layouts", "channels_last"])
+    target_speedup.main(["--layouts", "onnxruntime"])
     guard.main([])
     accuracy_vs_speedup.main([])
     frontier.main([])

@@ -7,9 +7,14 @@ import torch
 from hypothesis import given, strategies as st
 from torch import nn
 
+import recon
 from recon import methods
 from recon.bench import latency
 from recon.bench.latency import LatencyCache, LayerLatency, layer_latency, rank_grid, table_key
+from recon.bench.onnx_timing import onnxruntime_latencies
+from recon.errors import ConfigError
+from recon.pipeline.policies import TargetSpeedup
+from tests.fixture_models import tiny, tiny_batches
 
 
 @given(top=st.integers(1, 5000), points=st.integers(2, 12))
@@ -60,3 +65,29 @@ def test_a_damaged_cache_file_counts_as_empty(tmp_path):
     path = tmp_path / "latency.json"
     path.write_text("{not json")
     assert LatencyCache(path).tables == {}
+
+
+def test_onnxruntime_times_modules_side_by_side_and_keys_its_tables_apart(tmp_path):
+    pytest.importorskip("onnxruntime")
+    method, conv, x = methods.get("scheme2"), nn.Conv2d(8, 16, 3, padding=1), torch.randn(4, 8, 12, 12)
+    seconds = onnxruntime_latencies([conv, nn.Sequential(conv, nn.ReLU())], x, repeats=3)
+    assert len(seconds) == 2 and all(s > 0 for s in seconds)
+    cache = LatencyCache(tmp_path / "latency.json")
+    table = layer_latency(method, conv, x, cache=cache, repeats=2, backend="onnxruntime")
+    assert table.dense > 0 and len(table.seconds) == len(table.ranks)
+    assert table_key(method, conv, x, False, "onnxruntime") != table_key(method, conv, x, False)
+    assert cache.get(table_key(method, conv, x, False, "onnxruntime")) == table
+    with pytest.raises(ConfigError, match="channels_last is a torch memory format"):
+        onnxruntime_latencies([conv], x, channels_last=True)
+    with pytest.raises(ConfigError, match="unknown latency backend 'tvm'; available: torch, onnxruntime"):
+        layer_latency(method, conv, x, backend="tvm")
+
+
+def test_target_speedup_runs_on_onnxruntime_end_to_end():
+    pytest.importorskip("onnxruntime")
+    policy = TargetSpeedup(1.2, torch.randn(4, 3, 10, 10), cache=False, repeats=3, backend="onnxruntime",
+                           max_layer_loss=None, max_output_change=None)
+    result = recon.compress(tiny(), tiny_batches, layers=["features.0", "features.4"], ranks=policy, progress=False)
+    assert "onnxruntime" in result.outcome.description and result.config.ranks["backend"] == "onnxruntime"
+    with pytest.raises(ConfigError, match="onnxruntime backend chooses its own layouts"):
+        TargetSpeedup(2, torch.zeros(1, 3, 10, 10), channels_last=True, backend="onnxruntime")

@@ -137,7 +137,7 @@ def test_accuracy_budget_returns_ranks_within_budget_and_smaller_ranks_exceed_it
 def _stub_latency(favoured):
     """Latency tables in which the method ``favoured(layer)`` names costs a tenth of the dense
     layer at every rank and every other method costs twice the dense layer."""
-    def layer_latency(method, layer, inputs, channels_last, cache):
+    def layer_latency(method, layer, inputs, channels_last, cache, backend):
         ranks = tuple(rank_grid(method.max_rank(method.geometry(layer))))
         cost = 0.1 if method.name == favoured(layer) else 2.0
         return LayerLatency(1.0, ranks, tuple(cost for _ in ranks))

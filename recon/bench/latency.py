@@ -3,14 +3,15 @@ layer's real input, interpolated between the grid points.
 
 MACs miss measured time by up to 3x on CPUs (thin convolutions run at half the arithmetic
 rate of wide ones), so rank allocation works from these tables instead. A table is keyed by
-everything that changes it (method, geometry, input shape with the batch, memory format,
-dtype, device, threads, torch version) and cached in a JSON file that later runs reuse:
+everything that changes it (backend, method, geometry, input shape with the batch, memory
+format, dtype, device, threads, torch version) and cached in a JSON file that later runs reuse:
 ``$RECON_CACHE_DIR/latency.json``, default ``~/.cache/recon/latency.json``.
 """
 from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Callable
 import os
 import platform
 from dataclasses import dataclass
@@ -20,14 +21,33 @@ import numpy as np
 import torch
 from torch import nn
 
+from recon.bench import onnx_timing
+from recon.bench.onnx_timing import onnxruntime_latencies
 from recon.bench.placeholders import random_module
 from recon.bench.timing import median_latencies
+from recon.errors import ConfigError
 from recon.io.atomic import exclusive, replace_atomically
 from recon.methods import Method
 
 GRID_POINTS = 8  # ranks timed per layer, spaced geometrically from 1 to the largest useful rank
 REPEATS = 15  # alternating calls per module
-BACKEND = "torch-eager"
+BACKENDS = ("torch", "onnxruntime")  # torch eager in the chosen memory format; onnxruntime's CPU provider
+
+
+def check_backend(backend: str) -> None:
+    """Refuse an unknown timing backend."""
+    if backend not in BACKENDS:
+        raise ConfigError(f"unknown latency backend {backend!r}; available: {', '.join(BACKENDS)}")
+
+
+def latencies(backend: str) -> Callable[..., list[float]]:
+    """The side-by-side timer of ``backend`` (signature of ``recon.bench.timing.median_latencies``)."""
+    check_backend(backend)
+    return median_latencies if backend == "torch" else onnxruntime_latencies
+
+
+def _backend_name(backend: str) -> str:
+    return "torch-eager" if backend == "torch" else f"onnxruntime-{onnx_timing.version()}"
 
 
 def default_cache_path() -> Path:
@@ -106,20 +126,21 @@ def _processor(device: torch.device) -> str:
     return platform.processor() or platform.machine()
 
 
-def table_key(method: Method, layer: nn.Module, inputs: torch.Tensor, channels_last: bool) -> str:
+def table_key(method: Method, layer: nn.Module, inputs: torch.Tensor, channels_last: bool,
+              backend: str = "torch") -> str:
     """Everything a layer's measured latency depends on, as one string."""
-    return json.dumps([BACKEND, torch.__version__, torch.get_num_threads(), _processor(inputs.device), method.name,
+    return json.dumps([_backend_name(backend), torch.__version__, torch.get_num_threads(), _processor(inputs.device), method.name,
                        repr(method.geometry(layer)), layer.bias is not None, list(inputs.shape),
                        "channels_last" if channels_last else "NCHW", str(inputs.dtype), inputs.device.type],
                       separators=(",", ":"))
 
 
 def layer_latency(method: Method, layer: nn.Module, inputs: torch.Tensor, channels_last: bool = False,
-                  cache: LatencyCache | None = None, repeats: int = REPEATS) -> LayerLatency:
-    """The latency table of ``method`` on ``layer`` for the batch ``inputs`` (its real input),
-    from ``cache`` when it holds one; the dense layer and the modules at every grid rank are
-    timed in one round-robin, so they share drift."""
-    key = table_key(method, layer, inputs, channels_last)
+                  cache: LatencyCache | None = None, repeats: int = REPEATS, backend: str = "torch") -> LayerLatency:
+    """The latency table of ``method`` on ``layer`` for the batch ``inputs`` (its real input)
+    on ``backend``, from ``cache`` when it holds one; the dense layer and the modules at every
+    grid rank are timed in one round-robin, so they share drift."""
+    key = table_key(method, layer, inputs, channels_last, backend)
     if cache is not None and cache.get(key) is not None:
         return cache.get(key)
     geometry = method.geometry(layer)
@@ -127,7 +148,7 @@ def layer_latency(method: Method, layer: nn.Module, inputs: torch.Tensor, channe
     modules = [random_module(method, geometry, rank, bias=layer.bias is not None).to(layer.weight.device,
                                                                                       layer.weight.dtype)
                for rank in ranks]
-    dense, *seconds = median_latencies([layer, *modules], inputs, repeats, channels_last=channels_last)
+    dense, *seconds = latencies(backend)([layer, *modules], inputs, repeats, channels_last=channels_last)
     table = LayerLatency(dense, tuple(ranks), tuple(seconds))
     if cache is not None:
         cache.put(key, table)

@@ -10,11 +10,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from recon.bench.onnx_timing import OPSET
 from recon.cli import common, sources
 from recon.errors import ConfigError
 from recon.surgery import apply_bases
-
-OPSET = 17
 
 
 def check_writable(out: Path) -> None:

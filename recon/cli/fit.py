@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from recon import methods
+from recon.bench.latency import BACKENDS
 from recon.cli import common, sources
 from recon.errors import ConfigError
 from recon.io.bases_file import check_destination, update_bases
@@ -112,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     timing.add_argument("--channels-last", action="store_true",
                         help="time in the channels_last memory format (on CPUs the faster layout for dense and "
                         "low-rank models alike; time in the format your inference code uses)")
+    timing.add_argument("--latency-backend", choices=BACKENDS, default="torch",
+                        help="where --target-speedup times layers and models: torch eager, or onnxruntime's CPU "
+                        "provider (each module exported to ONNX; for models deployed with onnxruntime)")
     calibration = parser.add_argument_group("calibration without labels (after fitting)")
     calibration.add_argument("--calibrate", action="store_true",
                              help="correct each replaced layer's output means, then train the low-rank factors to "
@@ -190,7 +194,7 @@ def _policy(args: argparse.Namespace, data, input_size, model: torch.nn.Module) 
     if args.target_speedup is not None:
         example = _example(data, input_size, args.guard_batch, parameter.device, parameter.dtype)
         return TargetSpeedup(args.target_speedup, example, channels_last=args.channels_last,
-                             max_layer_loss=args.max_output_loss)
+                             max_layer_loss=args.max_output_loss, backend=args.latency_backend)
     if args.accuracy_budget is not None:
         validation = sources.fashion_mnist("validation", None, batch_size=500)()
         return AccuracyBudget(args.accuracy_budget, lambda candidate: accuracy(candidate, validation))

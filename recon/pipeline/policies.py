@@ -26,7 +26,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from recon.bench.latency import LatencyCache, LayerLatency, default_cache_path, layer_latency
+from recon.bench.latency import LatencyCache, LayerLatency, check_backend, default_cache_path, layer_latency
+from recon.bench.onnx_timing import onnxruntime_latencies
 from recon.bench.placeholders import timing_model
 from recon.bench.timing import capture_layer_inputs, median_latencies
 from recon.errors import ConfigError, FitError
@@ -223,7 +224,9 @@ class TargetSpeedup(RankPolicy):
        the faster of the two (``outcome`` says the target was missed).
 
     The search aims at ``factor * (1 + margin)`` so that a later measurement of the fitted
-    model, which scatters by a few percent, still meets ``factor``.
+    model, which scatters by a few percent, still meets ``factor``. ``backend`` is where every
+    timing runs: "torch" (eager, in the memory format ``channels_last`` names) or
+    "onnxruntime" (each module exported to ONNX and run by its CPU provider).
     """
 
     uses_statistics = True
@@ -232,7 +235,7 @@ class TargetSpeedup(RankPolicy):
     def __init__(self, factor: float, example_input: torch.Tensor, channels_last: bool = False,
                  margin: float = 0.03, repeats: int = WHOLE_MODEL_REPEATS,
                  cache: str | Path | bool = True, max_layer_loss: float | None = 0.3,
-                 max_output_change: float | None = 0.1) -> None:
+                 max_output_change: float | None = 0.1, backend: str = "torch") -> None:
         if not (isinstance(factor, (int, float)) and math.isfinite(factor) and factor > 1):
             raise ConfigError(f"the target speedup must be a number > 1, got {factor!r}")
         if not isinstance(example_input, torch.Tensor):
@@ -240,6 +243,9 @@ class TargetSpeedup(RankPolicy):
                               f"got {type(example_input).__name__}")
         if margin < 0 or repeats < 1:
             raise ConfigError("margin must be >= 0 and repeats >= 1")
+        check_backend(backend)
+        if backend == "onnxruntime" and channels_last:
+            raise ConfigError("channels_last is a torch memory format; the onnxruntime backend chooses its own layouts")
         if max_output_change is not None and not max_output_change > 0:
             raise ConfigError(f"max_output_change must be a number > 0 or None, got {max_output_change!r}")
         if max_layer_loss is not None and not 0 < max_layer_loss <= 1:
@@ -247,7 +253,7 @@ class TargetSpeedup(RankPolicy):
                               f"energy (filter mode) in (0, 1], or None; got {max_layer_loss!r}")
         self.factor, self.example_input, self.channels_last = float(factor), example_input, channels_last
         self.margin, self.repeats, self.cache, self.max_layer_loss = margin, repeats, cache, max_layer_loss
-        self.max_output_change = max_output_change
+        self.max_output_change, self.backend = max_output_change, backend
         self.best_searched = 0.0  # the best whole-model speedup the last search measured
         self.bounded = ""  # what the last search bounded by max_layer_loss ("output variance", "weight energy")
         self.output_bounded = False  # whether it bounded the predicted output change (with data)
@@ -306,8 +312,8 @@ class TargetSpeedup(RankPolicy):
         inputs = capture_layer_inputs(problem.model, problem.layers, example)
         cache = LatencyCache(default_cache_path() if self.cache is True else Path(self.cache) if self.cache else None)
         tables = {name: {method: layer_latency(method, problem.model.get_submodule(name), inputs[name],
-                                               self.channels_last, cache) for method in problem.methods[name]}
-                  for name in problem.layers}
+                                               self.channels_last, cache, backend=self.backend)
+                         for method in problem.methods[name]} for name in problem.layers}
         cache.save()
         quick = _QuickModules(problem)
         several = len({method for candidates in problem.methods.values() for method in candidates}) > 1
@@ -327,8 +333,7 @@ class TargetSpeedup(RankPolicy):
         def measure(picked: dict[str, Choice | None], label: str) -> tuple[float, float]:
             timed = timing_model(problem.model, {name: quick.module(name, *choice)
                                                  for name, choice in picked.items() if choice})
-            dense_time, low_time = median_latencies([problem.model, timed], example, self.repeats,
-                                                    channels_last=self.channels_last)
+            dense_time, low_time = self._time([problem.model, timed], example)
             problem.report(f"rank allocation {label}: layers predicted {dense_layers / total(picked, 'seconds'):.2f}x, "
                            f"output change predicted {total(picked, 'losses'):.4f}, "
                            f"whole model measured {dense_time / low_time:.2f}x -> {_describe(picked)}")
@@ -367,12 +372,18 @@ class TargetSpeedup(RankPolicy):
         finite = np.isfinite(errors)
         return method, self._probe_rank(ranks[finite], errors[finite])
 
+    def _time(self, models: list[nn.Module], example: torch.Tensor) -> list[float]:
+        """Seconds per call of each model on ``example``, side by side, on the policy's backend."""
+        timer = median_latencies if self.backend == "torch" else onnxruntime_latencies
+        return timer(models, example, self.repeats, channels_last=self.channels_last)
+
     def outcome(self, dense: nn.Module, approx: nn.Module) -> Outcome:
         example = self.example_input.to(next(dense.parameters()).device)
-        t_dense, t_low = median_latencies([dense, approx], example, self.repeats, channels_last=self.channels_last)
+        t_dense, t_low = self._time([dense, approx], example)
         measured = t_dense / t_low
         layout = "channels_last" if self.channels_last else "NCHW"
-        where = f"batch {len(self.example_input)}, {layout}, fitted bases"
+        runtime = "" if self.backend == "torch" else f", {self.backend}"
+        where = f"batch {len(self.example_input)}, {layout}{runtime}, fitted bases"
         if measured >= self.factor:
             return Outcome(self.factor, measured, True, f"target {self.factor:.2f}x met: measured {measured:.2f}x ({where})")
         return Outcome(self.factor, measured, False,
@@ -392,7 +403,7 @@ class TargetSpeedup(RankPolicy):
         return {"policy": "target_speedup", "factor": self.factor, "batch": len(self.example_input),
                 "input_shape": list(self.example_input.shape[1:]), "channels_last": self.channels_last,
                 "margin": self.margin, "repeats": self.repeats, "max_layer_loss": self.max_layer_loss,
-                "max_output_change": self.max_output_change,
+                "max_output_change": self.max_output_change, "backend": self.backend,
                 "allocation": "latency tables, Lagrangian"}
 
 
