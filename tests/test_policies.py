@@ -44,7 +44,7 @@ def test_target_search_calibrates_on_its_first_timing_and_times_the_model_at_mos
         return [fixed + sum(cost(m.get_submodule(n)) for n in layers) for m in models]
 
     monkeypatch.setattr("recon.bench.latency.median_latencies", layer_times)
-    monkeypatch.setattr("recon.pipeline.policies.median_latencies", model_times)
+    monkeypatch.setattr("recon.pipeline.policies.latencies", lambda backend: model_times)
     lines = []
     problem.report = lines.append
     policy = TargetSpeedup(1.15, torch.zeros(1, 3, 10, 10), margin=0.02, cache=False, max_layer_loss=None)
@@ -154,8 +154,8 @@ def test_auto_takes_the_method_that_pays_on_each_layer(favoured, monkeypatch):
     problem = problem_for(model, layers)
     problem.methods = {name: candidates for name in layers}
     monkeypatch.setattr("recon.pipeline.policies.layer_latency", _stub_latency(lambda layer: favoured))
-    monkeypatch.setattr("recon.pipeline.policies.median_latencies",
-                        lambda models, inputs, repeats, channels_last: [1.0] + [0.5] * (len(models) - 1))
+    monkeypatch.setattr("recon.pipeline.policies.latencies", lambda backend: (
+        lambda models, inputs, repeats, channels_last: [1.0] + [0.5] * (len(models) - 1)))
     picked = TargetSpeedup(1.5, torch.zeros(1, 3, 10, 10), cache=False).choose(problem)
     replaced = [choice for choice in picked.values() if choice is not None]
     assert replaced and {choice.method.name for choice in replaced} == {favoured}

@@ -129,8 +129,8 @@ def _processor(device: torch.device) -> str:
 def table_key(method: Method, layer: nn.Module, inputs: torch.Tensor, channels_last: bool,
               backend: str = "torch") -> str:
     """Everything a layer's measured latency depends on, as one string."""
-    return json.dumps([_backend_name(backend), torch.__version__, torch.get_num_threads(), _processor(inputs.device), method.name,
-                       repr(method.geometry(layer)), layer.bias is not None, list(inputs.shape),
+    return json.dumps([_backend_name(backend), torch.__version__, torch.get_num_threads(), _processor(inputs.device),
+                       method.name, repr(method.geometry(layer)), layer.bias is not None, list(inputs.shape),
                        "channels_last" if channels_last else "NCHW", str(inputs.dtype), inputs.device.type],
                       separators=(",", ":"))
 

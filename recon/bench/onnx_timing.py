@@ -3,13 +3,13 @@ side by side like ``recon.bench.timing.median_latencies``, for users who deploy 
 (its kernels and fusions differ from torch's, so which rank pays can differ too)."""
 from __future__ import annotations
 
+import functools
 import io
-import statistics
-import time
 
 import torch
 from torch import nn
 
+from recon.bench.timing import feeds_for, round_robin
 from recon.errors import ConfigError
 
 OPSET = 17  # the ONNX opset of the exports (recon.export writes the same)
@@ -50,17 +50,6 @@ def onnxruntime_latencies(modules: list[nn.Module], inputs: torch.Tensor | list[
     share drift. ``channels_last`` is refused: onnxruntime chooses its own layouts."""
     if channels_last:
         raise ConfigError("channels_last is a torch memory format; onnxruntime chooses its own layouts")
-    feeds = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs] * len(modules)
-    if len(feeds) != len(modules):
-        raise ValueError(f"got {len(feeds)} inputs for {len(modules)} modules")
+    feeds = feeds_for(modules, inputs)
     runs = [(session(module, feed), {"x": feed.detach().numpy()}) for module, feed in zip(modules, feeds)]
-    for run, feed in runs:
-        for _ in range(warmup):
-            run.run(None, feed)
-    times: list[list[float]] = [[] for _ in runs]
-    for _ in range(repeats):
-        for (run, feed), samples in zip(runs, times):
-            start = time.perf_counter()
-            run.run(None, feed)
-            samples.append(time.perf_counter() - start)
-    return [statistics.median(samples) for samples in times]
+    return round_robin([functools.partial(run.run, None, feed) for run, feed in runs], repeats, warmup)

@@ -4,6 +4,8 @@ from __future__ import annotations
 import copy
 import statistics
 import time
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -14,6 +16,38 @@ from recon.errors import LayerError
 def _synchronize(tensor: torch.Tensor) -> None:
     if tensor.is_cuda:
         torch.cuda.synchronize(tensor.device)
+
+
+def feeds_for(modules: list, inputs: torch.Tensor | list[torch.Tensor]) -> list[torch.Tensor]:
+    """One input per module: ``inputs`` itself for all, or the list given (one per module)."""
+    feeds = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs] * len(modules)
+    if len(feeds) != len(modules):
+        raise ValueError(f"got {len(feeds)} inputs for {len(modules)} modules")
+    return feeds
+
+
+def round_robin(calls: list[Callable[[], Any]], repeats: int, warmup: int) -> list[float]:
+    """Median seconds of each call, after ``warmup`` calls each, timed in turn (a, b, a, b, ...)."""
+    for call in calls:
+        for _ in range(warmup):
+            call()
+    times: list[list[float]] = [[] for _ in calls]
+    for _ in range(repeats):
+        for call, samples in zip(calls, times):
+            start = time.perf_counter()
+            call()
+            samples.append(time.perf_counter() - start)
+    return [statistics.median(samples) for samples in times]
+
+
+def _synchronized(module: nn.Module, feed: torch.Tensor) -> Callable[[], Any]:
+    """A call of ``module`` on ``feed`` that returns once the device has finished it."""
+    def call() -> Any:
+        _synchronize(feed)
+        output = module(feed)
+        _synchronize(feed)
+        return output
+    return call
 
 
 @torch.inference_mode()
@@ -28,24 +62,11 @@ def median_latencies(modules: list[nn.Module], inputs: torch.Tensor | list[torch
     modules and inputs in that memory format are timed (the faster layout on CPUs for dense
     and low-rank models alike).
     """
-    feeds = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs] * len(modules)
-    if len(feeds) != len(modules):
-        raise ValueError(f"got {len(feeds)} inputs for {len(modules)} modules")
+    feeds = feeds_for(modules, inputs)
     if channels_last:  # only 4-D inputs have that format (a Linear layer's do not)
         modules = [copy.deepcopy(module).to(memory_format=torch.channels_last) for module in modules]
         feeds = [feed.contiguous(memory_format=torch.channels_last) if feed.ndim == 4 else feed for feed in feeds]
-    for module, feed in zip(modules, feeds):
-        for _ in range(warmup):
-            module(feed)
-    times: list[list[float]] = [[] for _ in modules]
-    for _ in range(repeats):
-        for module, feed, samples in zip(modules, feeds, times):
-            _synchronize(feed)
-            start = time.perf_counter()
-            module(feed)
-            _synchronize(feed)
-            samples.append(time.perf_counter() - start)
-    return [statistics.median(samples) for samples in times]
+    return round_robin([_synchronized(module, feed) for module, feed in zip(modules, feeds)], repeats, warmup)
 
 
 MEMORY_FORMATS = {"NCHW": False, "channels_last": True}

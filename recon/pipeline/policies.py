@@ -26,10 +26,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from recon.bench.latency import LatencyCache, LayerLatency, check_backend, default_cache_path, layer_latency
-from recon.bench.onnx_timing import onnxruntime_latencies
+from recon.bench.latency import (LatencyCache, LayerLatency, check_backend, default_cache_path, latencies,
+                                 layer_latency)
 from recon.bench.placeholders import timing_model
-from recon.bench.timing import capture_layer_inputs, median_latencies
+from recon.bench.timing import capture_layer_inputs
 from recon.errors import ConfigError, FitError
 from recon.methods import Method
 from recon.nn import Geometry, LowRankModule
@@ -374,8 +374,7 @@ class TargetSpeedup(RankPolicy):
 
     def _time(self, models: list[nn.Module], example: torch.Tensor) -> list[float]:
         """Seconds per call of each model on ``example``, side by side, on the policy's backend."""
-        timer = median_latencies if self.backend == "torch" else onnxruntime_latencies
-        return timer(models, example, self.repeats, channels_last=self.channels_last)
+        return latencies(self.backend)(models, example, self.repeats, channels_last=self.channels_last)
 
     def outcome(self, dense: nn.Module, approx: nn.Module) -> Outcome:
         example = self.example_input.to(next(dense.parameters()).device)
