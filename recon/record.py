@@ -24,7 +24,9 @@ class LayerRecord:
     fitting statistics (the fraction of the layer's output variance not reconstructed; NaN
     without statistics). Both are squared: their square roots are the relative norm errors.
     ``statistics`` says how well the input statistics determine the fit (data mode);
-    ``dense_reason`` why the dense layer was kept instead (the guard, or too much output lost).
+    ``dense_reason`` why the dense layer was kept instead (the guard, or too much output lost);
+    ``folded_batchnorm`` the BatchNorm folded into the module (``recon.folding``), whose
+    weights and hashes are then those of the folded convolution.
     """
 
     name: str
@@ -46,6 +48,7 @@ class LayerRecord:
     dense_reason: str | None = None
     config: dict[str, Any] = field(default_factory=dict)
     history: dict[str, np.ndarray] = field(default_factory=dict)
+    folded_batchnorm: str | None = None
 
     @property
     def kept(self) -> bool:

@@ -11,9 +11,11 @@ from torch import nn
 from recon import methods
 from recon.bench.guard import MIN_SPEEDUP, guard_replacements
 from recon.errors import BasesFileError, LayerError
+from recon.folding import folded_layers
 from recon.io.bases_file import read_bases
 from recon.io.hashing import layer_sha256
 from recon.nn import LowRankModule
+from recon.nn.replace import replace_layer
 from recon.record import LayerRecord, filter_energy_lost
 
 LOG = logging.getLogger("recon")
@@ -21,27 +23,20 @@ IMPLAUSIBLE_ENERGY_LOST = 100.0  # factors whose weights are this far from the l
 MISMATCH_HINT = "refit, or pass allow_mismatch=True (--allow-mismatch on the command line) if that is intended"
 
 
-def replace_layer(model: nn.Module, name: str, replacement: nn.Module) -> nn.Module:
-    """Put ``replacement`` where the submodule ``name`` is; returns the module it replaced."""
-    parent_name, _, attribute = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    old = getattr(parent, attribute)
-    setattr(parent, attribute, replacement)
-    return old
-
-
 def load_bases(path: str | os.PathLike) -> dict[str, LowRankModule]:
     """The low-rank modules of a bases file, by qualified layer name."""
     return {name: record.module for name, record in read_bases(path).layers.items()}
 
 
-def check_layer_matches(model: nn.Module, record: LayerRecord, allow_mismatch: bool = False) -> nn.Module:
-    """The layer of ``model`` that ``record`` was fitted to, after checking that it exists, that
-    the record's method can replace it, its geometry, its weight and bias hashes, and that the
-    stored factors reproduce the error recorded when they were fitted."""
+def check_layer_matches(model: nn.Module, record: LayerRecord, allow_mismatch: bool = False,
+                        layer: nn.Module | None = None) -> nn.Module:
+    """The layer of ``model`` that ``record`` was fitted to (or ``layer``, e.g. that layer with
+    its BatchNorm folded in), after checking that it exists, that the record's method can
+    replace it, its geometry, its weight and bias hashes, and that the stored factors reproduce
+    the error recorded when they were fitted."""
     at = f"layer {record.name!r}"
     try:
-        layer = model.get_submodule(record.name)
+        layer = layer if layer is not None else model.get_submodule(record.name)
     except AttributeError:
         raise LayerError(f"{at} of the bases file is not in the model") from None
     method = methods.get(record.method)
@@ -91,13 +86,18 @@ def apply_bases(model: nn.Module, path: str | os.PathLike, allow_mismatch: bool 
     bases = read_bases(path)
     if not bases.layers:
         raise BasesFileError(f"{path} holds no layers: nothing to apply")
+    folds = {r.name: r.folded_batchnorm for r in bases.layers.values() if r.folded_batchnorm is not None}
+    folded = folded_layers(model, folds)
     replacements = {}
     for record in bases.layers.values():
-        layer = check_layer_matches(model, record, allow_mismatch)
+        layer = check_layer_matches(model, record, allow_mismatch, folded.get(record.name))
         replacements[record.name] = record.module.to(device=layer.weight.device, dtype=layer.weight.dtype).eval()
     if example_input is not None:
         decisions = guard_replacements(model, replacements, example_input, min_speedup, channels_last=channels_last)
         replacements = {d.layer: replacements[d.layer] for d in decisions if d.kept}
     for name, module in replacements.items():
         replace_layer(model, name, module)
+        if name in folds:  # a layer the guard keeps dense keeps its BatchNorm too
+            replace_layer(model, folds[name], nn.Identity())
     return model
+

@@ -11,7 +11,7 @@ from torch import nn
 
 from recon.methods import Method
 from recon.nn import Geometry, LowRankModule
-from recon.surgery import replace_layer
+from recon.nn.replace import replace_layer
 
 
 def random_module(method: Method, geometry: Geometry, rank: Any, bias: bool = True, seed: int = 0) -> LowRankModule:

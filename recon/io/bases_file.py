@@ -7,7 +7,8 @@
           filter_energy_lost, output_variance_lost, fit_seconds, weight_sha256, bias_sha256,
           config (JSON of the fit settings), and when known input_shape, dense_macs, macs,
           guard_dense_ms, guard_low_rank_ms, statistics_{patches, dim, effective_rank,
-          condition, unseen} (data mode: how well the input statistics determine the fit)
+          condition, unseen} (data mode: how well the input statistics determine the fit),
+          folded_batchnorm (the BatchNorm folded into the module, when one was)
    datasets: the module's state_dict, by name; history/ (per-stage solver diagnostics)
 ```
 
@@ -43,7 +44,7 @@ from solvers.conditioning import Conditioning
 
 FORMAT = "recon.bases"
 VERSION = 2
-MODES = ("filter", "data", "calibrated", "finetuned")
+MODES = ("filter", "data", "calibrated", "reconstructed", "finetuned")
 
 
 @dataclass
@@ -142,6 +143,8 @@ def _write_layer(group: h5py.Group, record: LayerRecord) -> None:
         attrs.update(dense_macs=record.dense_macs, macs=record.macs)
     if record.guard is not None:
         attrs.update(guard_dense_ms=record.guard.dense_ms, guard_low_rank_ms=record.guard.low_rank_ms)
+    if record.folded_batchnorm is not None:
+        attrs["folded_batchnorm"] = record.folded_batchnorm
     if record.statistics is not None:
         attrs.update({f"statistics_{key}": value for key, value in record.statistics._asdict().items()})
     group.attrs.update(attrs)
@@ -209,7 +212,7 @@ def _read_layer_v2(name: str, group: h5py.Group, at: str) -> LayerRecord:
         output_variance_lost=attrs.get("output_variance_lost", float),
         input_shape=attrs.optional("input_shape", _shape), dense_macs=attrs.optional("dense_macs", int),
         macs=attrs.optional("macs", int), fit_seconds=attrs.get("fit_seconds", float), guard=guard,
-        statistics=_read_statistics(attrs),
+        statistics=_read_statistics(attrs), folded_batchnorm=attrs.optional("folded_batchnorm", str),
         config=attrs.get("config", json.loads), history=_datasets(group["history"]) if "history" in group else {})
 
 

@@ -14,6 +14,7 @@ dense layer when the guard is on, and let the policy measure the outcome.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import math
 from collections.abc import Callable
@@ -28,10 +29,12 @@ from recon import methods
 from recon.bench.guard import MIN_SPEEDUP, time_replacement
 from recon.bench.timing import capture_layer_inputs
 from recon.errors import ConfigError, DataError
+from recon.folding import batchnorm_pairs, fold_batchnorms
 from recon.io.bases_file import BasesFile, update_bases, write_bases
 from recon.io.hashing import model_sha256
 from recon.methods import Candidates, Method, SolverOptions
 from recon.pipeline.batches import Batches, DataSource
+from recon.pipeline.blocks import BlockReport, BlockResult, reconstruct_blocks
 from recon.pipeline.calibrate import CalibrationReport, calibrate
 from recon.pipeline.config import CompressConfig
 from recon.pipeline.fitting import fit_layer, fit_layers, to_numpy
@@ -54,7 +57,8 @@ class Compression:
 
     ``layers`` holds every fitted layer in model order (a layer the guard kept dense has
     ``kept`` False and is not saved); ``skipped`` the layers the method refused, with why;
-    ``outcome`` what the rank policy measured at the end (TargetSpeedup), else None.
+    ``outcome`` what the rank policy measured at the end (TargetSpeedup), else None;
+    ``folded`` conv name -> the BatchNorm folded into it (``fold_batchnorm=True``).
     """
 
     model: nn.Module
@@ -65,6 +69,7 @@ class Compression:
     model_sha256: str
     outcome: Outcome | None = None
     dense_layers: list[str] = field(default_factory=list)
+    folded: dict[str, str] = field(default_factory=dict)
 
     @property
     def kept(self) -> list[LayerRecord]:
@@ -75,14 +80,38 @@ class Compression:
         """The per-layer table the CLI prints."""
         return table(self)
 
+    def reference(self, dense: nn.Module) -> nn.Module:
+        """``dense`` (the model given to ``compress``) as the low-rank model's layers are to
+        reproduce it: a copy with the same BatchNorms folded, or ``dense`` itself."""
+        return fold_batchnorms(copy.deepcopy(dense), self.folded) if self.folded else dense
+
     def calibrate(self, dense: nn.Module, data: DataSource, **options: Any) -> CalibrationReport:
         """Calibrate ``.model`` to ``dense`` (the model given to ``compress``) on unlabeled
         ``data`` (``recon.pipeline.calibrate.calibrate``, which takes the ``options``), and
         update the records so that ``save`` writes the calibrated factors."""
+        dense = self.reference(dense)
         report = calibrate(self.model, dense, data, **options)
         for record in retrained_records(dense, self.model, {r.name: r for r in self.kept}, "calibrated"):
             self.layers[record.name] = record
         return report
+
+    def reconstruct_blocks(self, dense: nn.Module, data: DataSource, path: str | Path | None = None,
+                           **options: Any) -> BlockReport:
+        """Block reconstruction of ``.model`` against ``dense`` (the model given to ``compress``)
+        on unlabeled ``data`` (``recon.pipeline.blocks.reconstruct_blocks``, which takes the
+        ``options``); the records are updated so that ``save`` writes the new factors, and with
+        ``path`` each improved block's layers are saved there at once (atomically), so an
+        interruption loses nothing already reconstructed."""
+        dense = self.reference(dense)
+
+        def update(result: BlockResult) -> None:
+            records = {name: self.layers[name] for name in result.layers if name in self.layers}
+            for record in retrained_records(dense, self.model, records, "reconstructed"):
+                self.layers[record.name] = record
+            if path is not None:
+                update_bases(path, self.model_name, self.model_sha256, [self.layers[name] for name in records])
+
+        return reconstruct_blocks(self.model, dense, data, on_block=update, **options)
 
     def save(self, path: str | Path, merge: bool = True) -> Path:
         """Write the replaced layers to a bases file (schema v2), atomically. With ``merge``,
@@ -166,7 +195,8 @@ def compress(model: nn.Module, data: DataSource | None = None, *, layers: LayerS
              patches_per_image: int | None = 32, solver: SolverOptions = SolverOptions(),
              min_speedup: float = MIN_SPEEDUP, timing_batch: int = 32, max_output_loss: float = 0.3,
              dense_when_lossy: bool = False, model_name: str | None = None, progress: bool = True,
-             on_layers: Callable[[list[LayerRecord]], None] | None = None) -> Compression:
+             on_layers: Callable[[list[LayerRecord]], None] | None = None,
+             fold_batchnorm: bool = False) -> Compression:
     """Replace layers of ``model`` by low-rank modules; ``model`` itself is not changed.
 
     Args:
@@ -199,13 +229,19 @@ def compress(model: nn.Module, data: DataSource | None = None, *, layers: LayerS
       on_layers: called with the records of kept layers as soon as they are final (e.g. to save):
         each layer at once when fitted one by one (asymmetric mode), all together after a
         batched fit.
+      fold_batchnorm: fold each BatchNorm that takes a selected conv's output (found in the
+        ``torch.fx`` graph) into it before anything else: the folded conv is what is fitted and
+        replaced, the BatchNorm becomes Identity, the bases file records it, and speed is
+        measured against the dense model folded the same way. A pair that would not fold
+        exactly is left as it is, with a warning naming it (``recon.folding``).
     """
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     plan = _plan(model, data, layers, method, ranks, mode, asymmetric, guard, channels_last, input_size, samples,
-                 patches_per_image, solver, min_speedup, timing_batch, max_output_loss, dense_when_lossy)
+                 patches_per_image, solver, min_speedup, timing_batch, max_output_loss, dense_when_lossy, fold_batchnorm)
     home = next(model.parameters()).device
     work = copy.deepcopy(model).to(device or home).eval()
+    folded = _fold(work, plan.layers) if fold_batchnorm else {}
     batches = None if data is None else Batches(data, samples, next(work.parameters()).device,
                                                 next(work.parameters()).dtype)
     example = _example(plan.policy, batches, _check_input_size(input_size), work)
@@ -240,6 +276,7 @@ def compress(model: nn.Module, data: DataSource | None = None, *, layers: LayerS
         else:
             record = fit(name, chosen[name], observe_asymmetric(work, approx, batches, name, patches_per_image,
                                                                 solver.seed, progress))
+        record.folded_batchnorm = folded.get(name)
         _warn_about_statistics(record, solver.ridge)
         if record.output_variance_lost > max_output_loss and dense_when_lossy:
             record.dense_reason = f"output variance lost {record.output_variance_lost:.3f} > {max_output_loss:g}"
@@ -258,11 +295,24 @@ def compress(model: nn.Module, data: DataSource | None = None, *, layers: LayerS
     if pending and on_layers is not None:
         on_layers(pending)
     outcome = plan.policy.outcome(work, approx)
+    if outcome is not None and folded:
+        outcome = dataclasses.replace(outcome, description=f"{outcome.description}; against the dense model with "
+                                      f"the same {len(folded)} BatchNorm(s) folded")
     approx = approx.to(home)
     for record in records.values():
         record.module = record.module.to(home)
     return Compression(approx, records, refusals(model, plan.method), plan.config, model_name or type(model).__name__,
-                       model_sha256(model), outcome, [name for name in plan.layers if name not in chosen])
+                       model_sha256(model), outcome, [name for name in plan.layers if name not in chosen], folded)
+
+
+def _fold(work: nn.Module, layers: list[str]) -> dict[str, str]:
+    """Fold into ``work`` (in place) the BatchNorms after ``layers`` that fold exactly; warn,
+    naming the layer, about those that do not. Returns conv name -> BatchNorm name."""
+    pairs = batchnorm_pairs(work, layers)
+    for conv, reason in pairs.refused.items():
+        LOG.warning("warning: %s: its BatchNorm is not folded: %s", conv, reason)
+    fold_batchnorms(work, pairs.folds)
+    return pairs.folds
 
 
 def _fit_together(work: nn.Module, chosen: dict[str, Choice], symmetric: dict[str, Any] | None,
@@ -298,7 +348,8 @@ def _warn_about_statistics(record: LayerRecord, ridge: float) -> None:
 
 
 def _plan(model, data, layers, method_name, ranks, mode, asymmetric, guard, channels_last, input_size, samples,
-          patches_per_image, solver, min_speedup, timing_batch, max_output_loss, dense_when_lossy) -> _Plan:
+          patches_per_image, solver, min_speedup, timing_batch, max_output_loss, dense_when_lossy,
+          fold_batchnorm) -> _Plan:
     """Every argument checked, the layers selected and the ranks validated: before any work."""
     method = methods.resolve(method_name)
     mode = _resolve_mode(mode, data, method, asymmetric)
@@ -320,10 +371,13 @@ def _plan(model, data, layers, method_name, ranks, mode, asymmetric, guard, chan
         if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
             raise ConfigError(f"{label} must be a positive number, got {value!r}")
     _check_input_size(input_size)
+    if not isinstance(fold_batchnorm, bool):
+        raise ConfigError(f"fold_batchnorm must be True or False, got {fold_batchnorm!r}")
     if guard and data is None and input_size is None and not isinstance(policy, TargetSpeedup):
         raise ConfigError("the guard times layers on their real input shapes: give data or input_size")
     config = CompressConfig(method.name, mode, asymmetric, policy.describe(), samples, patches_per_image, guard,
-                            min_speedup, channels_last, timing_batch, max_output_loss, dense_when_lossy, solver)
+                            min_speedup, channels_last, timing_batch, max_output_loss, dense_when_lossy, solver,
+                            fold_batchnorm)
     return _Plan(method, mode, policy, names, config)
 
 

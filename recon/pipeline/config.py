@@ -25,6 +25,7 @@ class CompressConfig:
     max_output_loss: float
     dense_when_lossy: bool
     solver: SolverOptions
+    fold_batchnorm: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict of every setting."""

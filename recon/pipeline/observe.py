@@ -189,7 +189,7 @@ class _Reached(Exception):
     """Raised by a pre-hook to end a forward pass once the hooked layer's input is known."""
 
 
-def _input_of(model: nn.Module, layer: str, inputs: torch.Tensor, index: int) -> torch.Tensor:
+def input_of(model: nn.Module, layer: str, inputs: torch.Tensor, index: int) -> torch.Tensor:
     """What ``layer`` receives when ``inputs`` go through ``model``; the pass stops right there,
     before the layer and everything after it (so a layer called twice gives its first input)."""
 
@@ -219,10 +219,10 @@ def observe_asymmetric(model: nn.Module, approx: nn.Module, batches: Batches, la
     approx.eval()
     with torch.inference_mode():
         for index, inputs in _batches(batches, f"statistics of {layer} (asymmetric)", progress):
-            dense_inputs = _input_of(model, layer, inputs, index)
+            dense_inputs = input_of(model, layer, inputs, index)
             locations = sampler.draw(dense_inputs)
             x = sampler.patches(dense_inputs, locations)
-            x_hat = sampler.patches(_input_of(approx, layer, inputs, index), locations)
+            x_hat = sampler.patches(input_of(approx, layer, inputs, index), locations)
             outputs = grouped(x, groups) @ weights.transpose(1, 2)  # (G, P, N / G)
             total.count += x.shape[0]
             total.add("x", first_moments(x, groups))

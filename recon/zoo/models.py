@@ -69,7 +69,9 @@ def fold_batchnorm(trained: FmnistAlexNet) -> FmnistAlexNet:
 class BasicBlock(nn.Module):
     """Two 3x3 convs with BatchNorm and ReLU around a residual addition. When the block changes
     width or stride the shortcut is a 1x1 projection with BatchNorm ("projection") or the
-    subsampled input padded with zero channels ("pad", He et al.'s parameter-free option A)."""
+    subsampled input padded with zero channels (He et al.'s parameter-free option A): after
+    its channels ("pad"), or half before and half after them ("pad-centred", the layout of the
+    widely used published CIFAR ResNet weights)."""
 
     def __init__(self, inputs: int, outputs: int, stride: int, shortcut: str = "projection") -> None:
         super().__init__()
@@ -81,7 +83,8 @@ class BasicBlock(nn.Module):
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or inputs != outputs:
             self.shortcut = (nn.Sequential(nn.Conv2d(inputs, outputs, 1, stride, bias=False), nn.BatchNorm2d(outputs))
-                             if shortcut == "projection" else PadShortcut(outputs - inputs, stride))
+                             if shortcut == "projection" else
+                             PadShortcut(outputs - inputs, stride, centred=shortcut == "pad-centred"))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
@@ -89,14 +92,17 @@ class BasicBlock(nn.Module):
 
 
 class PadShortcut(nn.Module):
-    """The input subsampled by ``stride`` and padded with ``extra`` zero channels."""
+    """The input subsampled by ``stride`` and padded with ``extra`` zero channels: after its
+    channels, or ``centred`` (half before, half after)."""
 
-    def __init__(self, extra: int, stride: int) -> None:
+    def __init__(self, extra: int, stride: int, centred: bool = False) -> None:
         super().__init__()
         self.extra, self.stride = extra, stride
+        self.before = extra // 2 if centred else 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return nn.functional.pad(x[:, :, :: self.stride, :: self.stride], (0, 0, 0, 0, 0, self.extra))
+        channels = (self.before, self.extra - self.before)
+        return nn.functional.pad(x[:, :, :: self.stride, :: self.stride], (0, 0, 0, 0, *channels))
 
 
 class ResNet(nn.Module):
