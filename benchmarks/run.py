@@ -3,7 +3,7 @@ its section of RESULTS.md."""
 from __future__ import annotations
 
 from benchmarks import (accuracy, accuracy_vs_speedup, degenerate, forward_variants, frontier, guard,
-                        inference_speed, resnet56_fit, resnet56_target, solver_devices, solver_vs_cvxpy, statistics,
+                        inference_speed, resnet20, resnet56_fit, resnet56_target, solver_devices, solver_vs_cvxpy, statistics,
                         target_speedup)
 
 
@@ -25,6 +25,8 @@ def main() -> None:
     frontier.main(["--model", "fmnist-resnet", "--methods", "auto", "--targets", "2"])
     statistics.main(["--per-layer"])
     degenerate.main([])
+    resnet20.main(["--targets", "1.5"])
+    resnet20.main(["--targets", "1.5", "--max-output-change", "none"])
     resnet56_fit.main([])
     resnet56_target.main([])
 
