@@ -26,12 +26,11 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from recon.errors import ConfigError, DataError
 from recon.nn import LowRankModule
 from recon.pipeline.batches import Batches
-from recon.pipeline.finetune import CLIP, only_trainable, relative_adam
+from recon.pipeline.finetune import clipped_step, only_trainable, relative_adam, shuffled_batches
 from recon.pipeline.observe import input_of
 from recon.pipeline.sensitivity import relative_change
 
@@ -113,16 +112,12 @@ def _fit_block(block: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, he
     steps = 0
     with only_trainable(block, parameters):
         for epoch in range(epochs):
-            order = torch.randperm(len(train_x), generator=generator).to(train_x.device)
-            for index in tqdm(order.split(batch_size), desc=f"{label} {epoch + 1}/{epochs}", unit="batch",
-                              leave=False, disable=not progress):
+            for index in shuffled_batches(len(train_x), batch_size, generator, train_x.device,
+                                          f"{label} {epoch + 1}/{epochs}", progress):
                 loss = relative_change(block(train_x[index]), train_y[index])
                 if not torch.isfinite(loss):
                     break
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(parameters, CLIP)
-                optimizer.step()
+                clipped_step(optimizer, loss, parameters)
                 steps += 1
             error = _error(block, inputs[:held], targets[:held], batch_size)
             if error < best:

@@ -26,12 +26,11 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from recon.errors import ConfigError
 from recon.nn import LowRankModule
 from recon.pipeline.batches import Batches
-from recon.pipeline.finetune import CLIP, only_trainable, relative_adam
+from recon.pipeline.finetune import clipped_step, only_trainable, relative_adam, shuffled_batches
 from recon.pipeline.sensitivity import channel_axis, relative_change
 
 LOG = logging.getLogger("recon")
@@ -173,9 +172,8 @@ def _distil(approx: nn.Module, dense: nn.Module, names: list[str], train: torch.
     steps = 0
     with only_trainable(approx, parameters):
         for epoch in range(epochs):
-            order = torch.randperm(len(train), generator=generator).to(train.device)
-            for index in tqdm(order.split(batch_size), desc=f"calibration {epoch + 1}/{epochs}", unit="batch",
-                              leave=False, disable=not progress):
+            for index in shuffled_batches(len(train), batch_size, generator, train.device,
+                                          f"calibration {epoch + 1}/{epochs}", progress):
                 inputs = train[index]
                 with torch.no_grad():
                     out, layers = _outputs(dense, names, inputs)
@@ -184,9 +182,6 @@ def _distil(approx: nn.Module, dense: nn.Module, names: list[str], train: torch.
                 loss = relative_change(out_hat, out) + layer_loss
                 if not torch.isfinite(loss):
                     return steps
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(parameters, CLIP)
-                optimizer.step()
+                clipped_step(optimizer, loss, parameters)
                 steps += 1
     return steps

@@ -55,6 +55,22 @@ def relative_adam(parameters: list[nn.Parameter], lr: float) -> torch.optim.Adam
                              for p in parameters])
 
 
+def shuffled_batches(count: int, batch_size: int, generator: torch.Generator, device: torch.device,
+                     description: str, progress: bool):
+    """Index tensors of one epoch's minibatches over ``count`` samples in a seeded random order,
+    with a progress bar."""
+    order = torch.randperm(count, generator=generator).to(device)
+    return tqdm(order.split(batch_size), desc=description, unit="batch", leave=False, disable=not progress)
+
+
+def clipped_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, parameters: list[nn.Parameter]) -> None:
+    """One optimiser step on ``loss`` with the gradient norm clipped to ``CLIP``."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(parameters, CLIP)
+    optimizer.step()
+
+
 def finetune(model: nn.Module, train: Iterable, epochs: int, lr: float, which: str = "factors",
              test: Iterable | None = None, seed: int = 0, report: Callable[[str], None] = print,
              teacher: nn.Module | None = None, validation: Iterable | None = None) -> list[float]:
