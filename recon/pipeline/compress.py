@@ -8,7 +8,8 @@
 Order of work: check every argument and every rank (nothing slow happens before), select
 the layers, read the input shapes from one sample, gather symmetric statistics of every
 layer in one pass (data mode), let the rank policy choose, then fit the layers front to back
-(asymmetric mode: each on inputs from the model approximated so far), time each against its
+(asymmetric mode: each on inputs from the model approximated so far, carried block by block,
+``recon.pipeline.asymmetric``), time each against its
 dense layer when the guard is on, and let the policy measure the outcome.
 """
 from __future__ import annotations
@@ -38,7 +39,8 @@ from recon.pipeline.blocks import BlockReport, BlockResult, reconstruct_blocks
 from recon.pipeline.calibrate import CalibrationReport, calibrate
 from recon.pipeline.config import CompressConfig
 from recon.pipeline.fitting import fit_layer, fit_layers, to_numpy
-from recon.pipeline.observe import observe, observe_asymmetric
+from recon.pipeline.asymmetric import AsymmetricObserver
+from recon.pipeline.observe import observe
 from recon.pipeline.policies import Choice, Fixed, Outcome, RankPolicy, RankProblem, TargetSpeedup
 from recon.pipeline.report import table
 from recon.pipeline.select import LayerSpec, refusals, select_layers
@@ -266,6 +268,8 @@ def compress(model: nn.Module, data: DataSource | None = None, *, layers: LayerS
     guard_inputs = _guard_inputs(work, plan.layers, example, timing_batch) if guard else {}
     # without asymmetry every layer's statistics are known now: solve layers of one shape together
     fitted = {} if asymmetric else _fit_together(work, chosen, symmetric, solver, shapes, plan.config)
+    front = AsymmetricObserver(work, approx, batches, list(chosen), patches_per_image, solver.seed,
+                               progress) if asymmetric else None
     for name in (name for name in plan.layers if name in chosen):
         if name in fitted:
             record = fitted[name]
@@ -274,8 +278,7 @@ def compress(model: nn.Module, data: DataSource | None = None, *, layers: LayerS
             # replaced, the approximated model is the dense one
             record = fit(name, chosen[name])
         else:
-            record = fit(name, chosen[name], observe_asymmetric(work, approx, batches, name, patches_per_image,
-                                                                solver.seed, progress))
+            record = fit(name, chosen[name], front.moments(name))
         record.folded_batchnorm = folded.get(name)
         _warn_about_statistics(record, solver.ridge)
         if record.output_variance_lost > max_output_loss and dense_when_lossy:

@@ -7,14 +7,17 @@ seeded random locations of each sample (all when None), and adds them to float64
 sums of x and x x^T on the model's device. Memory is O(D^2) per layer whatever the number of
 images, and the data is read once whatever the number of layers.
 
-``observe_asymmetric`` gathers what the asymmetric objective needs for one layer: the same
+``AsymmetricSums`` gathers what the asymmetric objective needs for one layer: the same
 patches seen through the dense model (x) and through the partly approximated one (x_hat),
 E[x_hat x_hat^T] and the cross moment projected on the layer's weights, E[(W x) x_hat^T];
-each forward pass stops at the layer.
+``observe_asymmetric`` feeds it with forward passes that stop at the layer.
 Each layer has its own sampler seeded with ``seed``, so the locations drawn for a layer are
 the same in every pass and whatever other layers are observed.
 """
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -189,16 +192,17 @@ class _Reached(Exception):
     """Raised by a pre-hook to end a forward pass once the hooked layer's input is known."""
 
 
-def input_of(model: nn.Module, layer: str, inputs: torch.Tensor, index: int) -> torch.Tensor:
-    """What ``layer`` receives when ``inputs`` go through ``model``; the pass stops right there,
-    before the layer and everything after it (so a layer called twice gives its first input)."""
+def stop_at(model: nn.Module, layer: str, run: Callable[[], Any]) -> torch.Tensor:
+    """What ``layer`` of ``model`` receives when ``run()`` calls ``model``; the call stops right
+    there, before the layer and everything after it (a layer called twice gives its first input;
+    ``layer`` "" is ``model`` itself)."""
 
     def stop(module: nn.Module, args: tuple) -> None:
         raise _Reached(args[0].detach())
 
     handle = model.get_submodule(layer).register_forward_pre_hook(stop)
     try:
-        _forward(model, inputs, index)
+        run()
     except _Reached as reached:
         return reached.args[0]
     finally:
@@ -206,30 +210,54 @@ def input_of(model: nn.Module, layer: str, inputs: torch.Tensor, index: int) -> 
     raise DataError(f"layer {layer} never ran while the data went through the model")
 
 
+def input_of(model: nn.Module, layer: str, inputs: torch.Tensor, index: int) -> torch.Tensor:
+    """What ``layer`` receives when the batch ``inputs`` (number ``index``) goes through ``model``."""
+    return stop_at(model, layer, lambda: _forward(model, inputs, index))
+
+
+class AsymmetricSums:
+    """Running sums of the asymmetric moments of one layer, from pairs of its inputs in the
+    dense model (x) and in the approximated one (x_hat); one seeded sampler picks the same
+    patch locations of both."""
+
+    def __init__(self, name: str, dense_layer: nn.Module, patches_per_image: int | None, seed: int) -> None:
+        self.sampler = PatchSampler(name, geometry_of(dense_layer), patches_per_image, seed)
+        self.groups = self.sampler.geometry.groups
+        self.weights = dense_layer.weight.detach().reshape(self.groups, dense_layer.weight.shape[0] // self.groups,
+                                                           -1).double()
+        self.total = _Sums()
+
+    def add(self, dense_inputs: torch.Tensor, approx_inputs: torch.Tensor) -> None:
+        """Add one batch: the layer's inputs in the dense and in the approximated model."""
+        locations = self.sampler.draw(dense_inputs)
+        x = self.sampler.patches(dense_inputs, locations)
+        x_hat = self.sampler.patches(approx_inputs, locations)
+        outputs = grouped(x, self.groups) @ self.weights.transpose(1, 2)  # (G, P, N / G)
+        total = self.total
+        total.count += x.shape[0]
+        total.add("x", first_moments(x, self.groups))
+        total.add("x_hat", first_moments(x_hat, self.groups))
+        total.add("xx_hat", second_moments(x_hat, self.groups))
+        total.add("yx_hat", outputs.transpose(1, 2) @ grouped(x_hat, self.groups))
+        total.add("yy", (outputs * outputs).sum((1, 2)))
+
+    def moments(self) -> Moments:
+        total = self.total
+        _check_seen({self.sampler.name: total})
+        single = (lambda value: value[0]) if self.groups == 1 else (lambda value: value)
+        return Moments(total.count, total.mean("x"), total.mean("x_hat"), total.mean("xx_hat"),
+                       single(total.mean("yx_hat")), single(total.mean("yy")))
+
+
 def observe_asymmetric(model: nn.Module, approx: nn.Module, batches: Batches, layer: str,
                        patches_per_image: int | None = 32, seed: int = 0, progress: bool = True) -> Moments:
     """Asymmetric moments of ``layer``: x from ``model``, x_hat from ``approx``; each batch goes
-    through both models up to the layer only."""
-    dense_layer = model.get_submodule(layer)
-    sampler = PatchSampler(layer, geometry_of(dense_layer), patches_per_image, seed)
-    groups = sampler.geometry.groups
-    weights = dense_layer.weight.detach().reshape(groups, dense_layer.weight.shape[0] // groups, -1).double()
-    total = _Sums()
+    through both models up to the layer only (``recon.pipeline.asymmetric`` does the same for
+    many layers in a few passes)."""
+    sums = AsymmetricSums(layer, model.get_submodule(layer), patches_per_image, seed)
     model.eval()
     approx.eval()
     with torch.inference_mode():
         for index, inputs in _batches(batches, f"statistics of {layer} (asymmetric)", progress):
-            dense_inputs = input_of(model, layer, inputs, index)
-            locations = sampler.draw(dense_inputs)
-            x = sampler.patches(dense_inputs, locations)
-            x_hat = sampler.patches(input_of(approx, layer, inputs, index), locations)
-            outputs = grouped(x, groups) @ weights.transpose(1, 2)  # (G, P, N / G)
-            total.count += x.shape[0]
-            total.add("x", first_moments(x, groups))
-            total.add("x_hat", first_moments(x_hat, groups))
-            total.add("xx_hat", second_moments(x_hat, groups))
-            total.add("yx_hat", outputs.transpose(1, 2) @ grouped(x_hat, groups))
-            total.add("yy", (outputs * outputs).sum((1, 2)))
-    single = (lambda value: value[0]) if groups == 1 else (lambda value: value)
-    return Moments(total.count, total.mean("x"), total.mean("x_hat"), total.mean("xx_hat"), single(total.mean("yx_hat")),
-                   single(total.mean("yy")))
+            sums.add(input_of(model, layer, inputs, index), input_of(approx, layer, inputs, index))
+    return sums.moments()
