@@ -47,7 +47,7 @@ def test_moments_equal_one_pass_of_both_models_per_layer_as_layers_are_replaced(
     batches = Batches(_batches())
     layers = _convs(dense)
     observer = AsymmetricObserver(dense, approx, batches, layers, patches_per_image=6, seed=2, progress=False)
-    assert observer.propagation is not None
+    assert observer.carried.active
     for name in layers:
         expected = observe_asymmetric(dense, approx, batches, name, patches_per_image=6, seed=2, progress=False)
         _assert_same(observer.moments(name), expected)
@@ -88,7 +88,7 @@ def test_an_untraceable_model_falls_back_to_full_passes_with_a_warning(caplog):
     batches = Batches(_batches(2))
     with caplog.at_level(logging.WARNING, logger="recon"):
         observer = AsymmetricObserver(dense, approx, batches, ["first", "second"], progress=False)
-    assert observer.propagation is None
+    assert not observer.carried.active
     assert "torch.fx cannot trace Untraceable" in caplog.text and "square of the depth" in caplog.text
     _assert_same(observer.moments("second"), observe_asymmetric(dense, approx, batches, "second", progress=False))
 

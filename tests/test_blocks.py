@@ -72,3 +72,16 @@ def test_too_few_images_for_the_held_out_split_is_refused():
         reconstruct_blocks(result.model, model, data, blocks=["fc"], progress=False)
     with pytest.raises(ConfigError, match="no low-rank layer"):
         reconstruct_blocks(copy.deepcopy(model), model, data, progress=False)
+
+
+def test_blocks_carried_from_block_to_block_match_full_passes(monkeypatch):
+    model, data, carried = _compressed()
+    full = copy.deepcopy(carried)
+    carried_report = carried.reconstruct_blocks(model, data, epochs=1, progress=False)
+    monkeypatch.setattr("recon.pipeline.blocks.Carried.calls", lambda self, block: None)
+    full_report = full.reconstruct_blocks(model, data, epochs=1, progress=False)
+    for a, b in zip(carried_report.blocks, full_report.blocks):
+        assert a.before == pytest.approx(b.before, rel=1e-5) and a.after == pytest.approx(b.after, rel=1e-4)
+    x = torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(carried.model(x), full.model(x), rtol=1e-4, atol=1e-5)

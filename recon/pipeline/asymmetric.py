@@ -12,8 +12,6 @@ inputs, a block called twice) falls back to it, with a warning.
 """
 from __future__ import annotations
 
-import logging
-
 import torch
 from torch import nn
 from tqdm import tqdm
@@ -21,10 +19,8 @@ from tqdm import tqdm
 from recon.pipeline.batches import Batches
 from recon.pipeline.blocks import find_blocks
 from recon.pipeline.observe import AsymmetricSums, observe_asymmetric, stop_at
-from recon.pipeline.propagate import Propagation, Untraceable
+from recon.pipeline.propagate import Carried
 from solvers.objectives import Moments
-
-LOG = logging.getLogger("recon")
 
 
 class AsymmetricObserver:
@@ -36,28 +32,14 @@ class AsymmetricObserver:
         self.model, self.approx, self.batches = model.eval(), approx.eval(), batches
         self.patches_per_image, self.seed, self.progress = patches_per_image, seed, progress
         self.block_of = {layer: block for block, inside in find_blocks(model, layers).items() for layer in inside}
-        self.propagation: Propagation | None = None
-        try:
-            self.propagation = Propagation(model, approx, list(batches),
-                                           list(dict.fromkeys(self.block_of.values())))
-        except Untraceable as err:
-            self._fall_back(str(err))
-
-    def _fall_back(self, reason: str) -> None:
-        LOG.warning("warning: asymmetric statistics run both models from the input for every layer (time grows with "
-                    "the square of the depth): %s", reason)
-        self.propagation = None
+        self.carried = Carried(model, approx, list(batches), list(dict.fromkeys(self.block_of.values())))
 
     def moments(self, layer: str) -> Moments:
         """The asymmetric moments of ``layer`` with ``approx`` as it is now."""
-        if self.propagation is not None:
-            block = self.block_of[layer]
-            try:
-                calls = self.propagation.calls(block)
-            except Untraceable as err:
-                self._fall_back(str(err))
-            else:
-                return self._within(block, layer, calls)
+        block = self.block_of[layer]
+        calls = self.carried.calls(block)
+        if calls is not None:
+            return self._within(block, layer, calls)
         return observe_asymmetric(self.model, self.approx, self.batches, layer, self.patches_per_image, self.seed,
                                   self.progress)
 

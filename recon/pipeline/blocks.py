@@ -14,7 +14,8 @@ balanced first), on all but a held-out tenth of the calibration images; the stat
 lowest held-out error is kept, and only if that error is below the closed form's. A block is
 the smallest submodule holding a replaced layer that is not a container (``nn.Sequential``,
 ``nn.ModuleList``, ``nn.ModuleDict``) or the model itself; a replaced layer with no such parent
-is its own block. Costs two forward passes to each block's input per block (no labels).
+is its own block. The blocks' inputs are carried from block to block (``recon.pipeline.propagate``):
+about one forward pass of each model in all, no labels.
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ from recon.nn import LowRankModule
 from recon.pipeline.batches import Batches
 from recon.pipeline.finetune import clipped_step, only_trainable, relative_adam, shuffled_batches
 from recon.pipeline.observe import input_of
+from recon.pipeline.propagate import Carried
 from recon.pipeline.sensitivity import relative_change
 
 LOG = logging.getLogger("recon")
@@ -82,11 +84,22 @@ def find_blocks(model: nn.Module, layers: list[str]) -> dict[str, list[str]]:
     return dict(sorted(blocks.items(), key=lambda item: order[item[0]]))
 
 
-def _block_inputs(model: nn.Module, block: str, images: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """What ``block`` receives in ``model`` for every image (each pass stops at the block)."""
-    with torch.no_grad():
-        return torch.cat([input_of(model, block, batch, index) for index, batch in
-                          enumerate(images.split(batch_size))])
+class _BlockInputs:
+    """What each block receives in the dense and in the approximated model for every image:
+    carried block by block (``recon.pipeline.propagate``), else from passes that stop at the block."""
+
+    def __init__(self, dense: nn.Module, approx: nn.Module, chunks: list[torch.Tensor], blocks: list[str]) -> None:
+        self.dense, self.approx, self.chunks = dense, approx, chunks
+        self.carried = Carried(dense, approx, chunks, blocks)
+
+    def __call__(self, block: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(dense inputs, approximated inputs) of ``block``, the blocks before it as they are now."""
+        calls = self.carried.calls(block)
+        if calls is not None:
+            return tuple(torch.cat([args[0] for args, _ in calls[side]]) for side in ("dense", "approx"))
+        with torch.no_grad():
+            return tuple(torch.cat([input_of(model, block, chunk, index) for index, chunk in enumerate(self.chunks)])
+                         for model in (self.dense, self.approx))
 
 
 def _error(block: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int) -> float:
@@ -170,15 +183,16 @@ def reconstruct_blocks(approx: nn.Module, dense: nn.Module, data: Iterable, *, b
     start, generator, results = time.perf_counter(), torch.Generator().manual_seed(seed), []
     approx.eval()
     dense.eval()
+    block_inputs = _BlockInputs(dense, approx, list(images.split(batch_size)), list(found))
     for name, inside in found.items():
         try:
             dense_block = dense.get_submodule(name)
         except AttributeError:
             raise DataError(f"block {name!r} is not in the dense model: is it the model the layers were fitted to?") \
                 from None
+        dense_inputs, inputs = block_inputs(name)
         with torch.no_grad():
-            targets = torch.cat([dense_block(x) for x in _block_inputs(dense, name, images, batch_size).split(batch_size)])
-        inputs = _block_inputs(approx, name, images, batch_size)
+            targets = torch.cat([dense_block(x) for x in dense_inputs.split(batch_size)])
         before, after, steps = _fit_block(approx.get_submodule(name), inputs, targets, held, epochs, batch_size, lr,
                                           generator, f"block {name}", progress)
         result = BlockResult(name, tuple(inside), before, after, steps)

@@ -12,10 +12,12 @@ its inputs are handed out; the approximated side moves past the block only once 
 asks for a later block, by then with the block's layers replaced.
 
 A model that does not trace, takes more than one input, or calls a block more than once
-raises ``Untraceable``; callers then run both models from the input for every layer.
+raises ``Untraceable``; ``Carried`` then says so and callers run both models from the input
+for every layer.
 """
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
@@ -23,6 +25,9 @@ from torch import fx, nn
 
 
 Call = tuple[tuple, dict]  # the positional and keyword arguments of one call
+
+
+LOG = logging.getLogger("recon")
 
 
 class Untraceable(Exception):
@@ -129,3 +134,35 @@ def _execute(model: nn.Module, node: fx.Node, args: tuple, kwargs: dict) -> Any:
     if node.op == "get_attr":
         return _attribute(model, str(node.target))
     raise Untraceable(f"graph node {node.format_node()} cannot be run")
+
+
+class Carried:
+    """A ``Propagation`` that gives up instead of raising: ``calls`` is None, after one warning
+    that the caller runs both models from the input for every layer or block instead, when the
+    model cannot be propagated or the block runs before one already propagated."""
+
+    def __init__(self, dense: nn.Module, approx: nn.Module, chunks: list[torch.Tensor], blocks: list[str]) -> None:
+        self.propagation: Propagation | None = None
+        try:
+            self.propagation = Propagation(dense, approx, chunks, blocks)
+        except Untraceable as err:
+            self._give_up(err)
+
+    @property
+    def active(self) -> bool:
+        return self.propagation is not None
+
+    def _give_up(self, err: Untraceable) -> None:
+        LOG.warning("warning: the approximated network's inputs come from running both models from the input for "
+                    "every layer or block (time grows with the square of the depth): %s", err)
+        self.propagation = None
+
+    def calls(self, block: str) -> dict[str, list[Call]] | None:
+        """``Propagation.calls``, or None."""
+        if self.propagation is None:
+            return None
+        try:
+            return self.propagation.calls(block)
+        except Untraceable as err:
+            self._give_up(err)
+            return None
