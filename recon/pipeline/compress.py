@@ -51,6 +51,7 @@ LOG = logging.getLogger("recon")
 MODES = ("filter", "data")
 SENSITIVITY_SAMPLES = 256  # samples of the first batch that layer sensitivities are measured on
 FEW_PATCHES_PER_DIM = 10  # fewer patches per input dimension than this: statistics too thin to trust
+REVISIONS = 2  # at most this many times the policy revises its allocation after measuring the fitted model
 
 
 @dataclass
@@ -251,7 +252,6 @@ def compress(model: nn.Module, data: DataSource | None = None, *, layers: LayerS
     symmetric = None
     if plan.mode == "data" and (not asymmetric or plan.policy.uses_statistics):
         symmetric = observe(work, batches, plan.layers, patches_per_image, solver.seed, progress)
-    approx = copy.deepcopy(work)
 
     def fit(name: str, choice: Choice, moments=None) -> LayerRecord:
         moments = moments if moments is not None else (None if symmetric is None else symmetric[name])
@@ -263,22 +263,46 @@ def compress(model: nn.Module, data: DataSource | None = None, *, layers: LayerS
                           {name: to_numpy(work.get_submodule(name).weight) for name in plan.layers},
                           symmetric, None if batches is None else example[:SENSITIVITY_SAMPLES], fit, LOG.info)
     chosen = {name: choice for name, choice in plan.policy.choose(problem).items() if choice is not None}
-    records: dict[str, LayerRecord] = {}
-    pending: list[LayerRecord] = []
     guard_inputs = _guard_inputs(work, plan.layers, example, timing_batch) if guard else {}
-    # without asymmetry every layer's statistics are known now: solve layers of one shape together
-    fitted = {} if asymmetric else _fit_together(work, chosen, symmetric, solver, shapes, plan.config)
-    front = AsymmetricObserver(work, approx, batches, list(chosen), patches_per_image, solver.seed,
-                               progress) if asymmetric else None
-    for name in (name for name in plan.layers if name in chosen):
-        if name in fitted:
-            record = fitted[name]
-        elif not chosen[name].method.fits_data or (symmetric is not None and not any(r.kept for r in records.values())):
-            # symmetric: a method that fits weights only refits just its bias; and until a layer is
-            # replaced, the approximated model is the dense one
-            record = fit(name, chosen[name])
-        else:
-            record = fit(name, chosen[name], front.moments(name))
+
+    def fit_round(chosen: dict[str, Choice], previous: dict[str, LayerRecord]) -> tuple[dict[str, LayerRecord], nn.Module]:
+        """Every chosen layer fitted and placed in a fresh copy of ``work``; a layer whose choice
+        is the same as in ``previous`` keeps its record when its fit cannot have changed (always
+        in symmetric mode, before the first changed layer in asymmetric mode)."""
+        approx = copy.deepcopy(work)
+        changed = [name for name in chosen if name not in previous or not _same_choice(previous[name], chosen[name])]
+        reusable = {name: record for name, record in previous.items() if name in chosen and name not in changed
+                    and (not asymmetric or plan.layers.index(name) < min(map(plan.layers.index, changed)))}
+        records: dict[str, LayerRecord] = {}
+        pending: list[LayerRecord] = []
+        # without asymmetry every layer's statistics are known now: solve layers of one shape together
+        fitted = {} if asymmetric else _fit_together(work, {n: chosen[n] for n in changed}, symmetric, solver, shapes,
+                                                     plan.config)
+        front = AsymmetricObserver(work, approx, batches, list(chosen), patches_per_image, solver.seed,
+                                   progress) if asymmetric else None
+        for name in (name for name in plan.layers if name in chosen):
+            if name in reusable or name in fitted:
+                record = reusable.get(name) or fitted[name]
+            elif not chosen[name].method.fits_data or (symmetric is not None and not any(r.kept for r in records.values())):
+                # symmetric: a method that fits weights only refits just its bias; and until a layer is
+                # replaced, the approximated model is the dense one
+                record = fit(name, chosen[name])
+            else:
+                record = fit(name, chosen[name], front.moments(name))
+            if name not in reusable:
+                judge(record, name)
+            replace_layer(approx, name, record.module if record.kept else copy.deepcopy(work.get_submodule(name)))
+            records[name] = record
+            pending += [record] if record.kept and name not in reusable else []
+            if pending and on_layers is not None and asymmetric:  # fitted one by one: hand each over at once
+                on_layers(pending)
+                pending = []
+        if pending and on_layers is not None:
+            on_layers(pending)
+        return records, approx
+
+    def judge(record: LayerRecord, name: str) -> None:
+        """Record the fold, warn about thin statistics, keep the layer dense when lossy or slow."""
         record.folded_batchnorm = folded.get(name)
         _warn_about_statistics(record, solver.ridge)
         if record.output_variance_lost > max_output_loss and dense_when_lossy:
@@ -287,16 +311,16 @@ def compress(model: nn.Module, data: DataSource | None = None, *, layers: LayerS
             record.guard = time_replacement(work.get_submodule(name), record.module, guard_inputs[name], name,
                                             min_speedup, channels_last=channels_last)
             record.dense_reason = None if record.guard.kept else f"guard: {record.guard.speedup:.2f}x is not faster"
-        replace_layer(approx, name, record.module if record.kept else copy.deepcopy(work.get_submodule(name)))
-        records[name] = record
         LOG.info("%s: %s rank %s fitted in %.2f s%s", name, record.method, record.rank, record.fit_seconds,
                  "" if record.kept else f" (dense kept: {record.dense_reason})")
-        pending += [record] if record.kept else []
-        if pending and on_layers is not None and asymmetric:  # fitted one by one: hand each over at once
-            on_layers(pending)
-            pending = []
-    if pending and on_layers is not None:
-        on_layers(pending)
+
+    records, approx = fit_round(chosen, {})
+    for _ in range(REVISIONS):  # the policy may trade ranks back once it has measured the fitted model
+        revised = plan.policy.revise(work, approx)
+        if not revised:
+            break
+        chosen = {name: choice for name, choice in revised.items() if choice is not None}
+        records, approx = fit_round(chosen, records)
     outcome = plan.policy.outcome(work, approx)
     if outcome is not None and folded:
         outcome = dataclasses.replace(outcome, description=f"{outcome.description}; against the dense model with "
@@ -306,6 +330,11 @@ def compress(model: nn.Module, data: DataSource | None = None, *, layers: LayerS
         record.module = record.module.to(home)
     return Compression(approx, records, refusals(model, plan.method), plan.config, model_name or type(model).__name__,
                        model_sha256(model), outcome, [name for name in plan.layers if name not in chosen], folded)
+
+
+def _same_choice(record: LayerRecord, choice: Choice) -> bool:
+    """Whether ``record`` is a fit of ``choice``."""
+    return record.method == choice.method.name and record.rank == choice.rank
 
 
 def _fold(work: nn.Module, layers: list[str]) -> dict[str, str]:

@@ -35,7 +35,7 @@ from recon.methods import Method
 from recon.nn import Geometry, LowRankModule
 from recon.pipeline.allocate import LayerChoices, allocate
 from recon.pipeline.fitting import approximation_error, to_numpy
-from recon.pipeline.sensitivity import output_sensitivities
+from recon.pipeline.sensitivity import contributions, output_sensitivities, relative_change
 from recon.record import LayerRecord
 from recon.surgery import replace_layer
 from solvers.objectives import Moments
@@ -83,6 +83,7 @@ class Outcome:
     measured: float
     met: bool
     description: str
+    output_change: float | None = None  # the fitted model's measured output change (bounded TargetSpeedup)
 
 
 class RankPolicy:
@@ -97,6 +98,11 @@ class RankPolicy:
 
     def choose(self, problem: RankProblem) -> dict[str, Choice | None]:
         raise NotImplementedError
+
+    def revise(self, dense: nn.Module, approx: nn.Module) -> dict[str, Choice | None] | None:
+        """A new allocation once ``approx`` (the fitted model) has been measured, or None to keep
+        it (default: keep)."""
+        return None
 
     def outcome(self, dense: nn.Module, approx: nn.Module) -> Outcome | None:
         return None
@@ -138,6 +144,8 @@ class Fixed(RankPolicy):
         return {"policy": "fixed", "ranks": {name: list(r) if isinstance(r, tuple) else r for name, r in ranks.items()}}
 
 
+BOUND_TOLERANCE = 0.1  # a measured output change this much above max_output_change breaks the bound
+SMALLEST_SHARE = 0.05  # a layer's share of the measured change counts as at least this fraction of its prediction
 CLOSE_ENOUGH = 0.05  # a first allocation measured within this fraction above the aim is kept as it is
 PROBE_LOSS = 0.05  # the sensitivity probe of a layer loses about this much
 FIRST_OVERSHOOT = 1.15  # the first allocation's layers aim this much beyond the target
@@ -191,6 +199,16 @@ class _QuickModules:
         moments = None if self.problem.moments is None else self.problem.moments[name]
         return approximation_error(self.problem.weights[name], None if layer.bias is None else to_numpy(layer.bias),
                                    w_hat, moments, self.problem.geometries[name].groups)
+
+
+@dataclass(frozen=True)
+class _Search:
+    """What a bounded TargetSpeedup search leaves for ``revise``: each layer's choices, the
+    allocation made, the sample the output change is measured on."""
+
+    choices: dict[str, LayerChoices]
+    final: dict[str, Choice | None]
+    sample: torch.Tensor
 
 
 class TargetSpeedup(RankPolicy):
@@ -257,6 +275,8 @@ class TargetSpeedup(RankPolicy):
         self.best_searched = 0.0  # the best whole-model speedup the last search measured
         self.bounded = ""  # what the last search bounded by max_layer_loss ("output variance", "weight energy")
         self.output_bounded = False  # whether it bounded the predicted output change (with data)
+        self._search: _Search | None = None  # what revise needs of the last bounded search
+        self._report: Callable[[str], None] = print
 
     @staticmethod
     def _errors(problem: RankProblem, name: str, method: Method) -> np.ndarray | None:
@@ -308,6 +328,7 @@ class TargetSpeedup(RankPolicy):
         return LayerChoices(tuple(options), np.array(seconds), np.array(losses))
 
     def choose(self, problem: RankProblem) -> dict[str, Choice | None]:
+        self._report = problem.report
         example = self.example_input.to(next(problem.model.parameters()).device)
         inputs = capture_layer_inputs(problem.model, problem.layers, example)
         cache = LatencyCache(default_cache_path() if self.cache is True else Path(self.cache) if self.cache else None)
@@ -360,7 +381,40 @@ class TargetSpeedup(RankPolicy):
                 measured[2] = dense_time / low_time
                 final = second if measured[2] >= aim or (measured[1] < aim and measured[2] > measured[1]) else first
         self.best_searched = max(measured.values())
+        self._search = _Search(choices, final, problem.sample) if self.output_bounded else None
         return final
+
+    def revise(self, dense: nn.Module, approx: nn.Module) -> dict[str, Choice | None] | None:
+        """Trade rank back when the fitted model breaks ``max_output_change``.
+
+        The summed per-layer prediction misses how a deep (residual) stack compounds errors, so
+        the fitted model's output change is measured on the sensitivity sample, and each
+        replaced layer's share of it in context (``sensitivity.contributions``: the change that
+        goes away when that layer alone is dense again). Every layer's predicted losses are
+        rescaled to its share, and the fastest allocation within the bound, scaled by what the
+        shares leave unexplained, is the new one: rank goes back where the measured network
+        is most sensitive. None when the bound holds or nothing would change."""
+        search = self._search
+        if search is None:
+            return None
+        replaced = [name for name, choice in search.final.items() if choice is not None]
+        change, shares = contributions(dense, approx, replaced, search.sample)
+        bound = self.max_output_change
+        if change <= bound * (1 + BOUND_TOLERANCE) or not replaced:
+            return None
+        choices = dict(search.choices)
+        for name in replaced:
+            layer = choices[name]
+            predicted = float(layer.losses[layer.index(search.final[name])])
+            scale = max(shares[name], SMALLEST_SHARE * predicted) / predicted if predicted > 0 else 1.0
+            choices[name] = LayerChoices(layer.options, layer.seconds, layer.losses * scale)
+        explained = sum(max(shares[name], 0.0) for name in replaced)
+        swapped = {name: LayerChoices(c.options, c.losses, c.seconds) for name, c in choices.items()}
+        revised = allocate(swapped, bound * min(explained / change, 1.0))
+        self._report(f"rank allocation revised: fitted model measured output change {change:.4f} > "
+                     f"max_output_change {bound:g}; ranks traded back -> {_describe(revised)}")
+        self._search = _Search(choices, revised, search.sample)
+        return None if revised == search.final else revised
 
     def _probe(self, curves: dict[Method, tuple[np.ndarray, np.ndarray]]) -> tuple[Method, int]:
         """(method, rank) of a layer's sensitivity probe: of the first candidate with a finite
@@ -383,12 +437,18 @@ class TargetSpeedup(RankPolicy):
         layout = "channels_last" if self.channels_last else "NCHW"
         runtime = "" if self.backend == "torch" else f", {self.backend}"
         where = f"batch {len(self.example_input)}, {layout}{runtime}, fitted bases"
+        change = None
+        if self._search is not None:
+            with torch.inference_mode():
+                sample = self._search.sample
+                change = float(relative_change(approx(sample).double(), dense(sample).double()))
+            where += f"; output change measured {change:.4f} of its variance (max_output_change {self.max_output_change:g})"
         if measured >= self.factor:
-            return Outcome(self.factor, measured, True, f"target {self.factor:.2f}x met: measured {measured:.2f}x ({where})")
+            return Outcome(self.factor, measured, True, f"target {self.factor:.2f}x met: measured {measured:.2f}x ({where})",
+                           change)
         return Outcome(self.factor, measured, False,
                        f"target {self.factor:.2f}x missed: measured {measured:.2f}x ({where}); the best the rank allocation "
-                       f"measured was {self.best_searched:.2f}x"
-                       + self._bounds())
+                       f"measured was {self.best_searched:.2f}x" + self._bounds(), change)
 
     def _bounds(self) -> str:
         """The quality bounds the last search kept to, as the end of a sentence."""

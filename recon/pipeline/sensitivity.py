@@ -51,3 +51,22 @@ def output_sensitivities(model: nn.Module, probes: dict[str, nn.Module], sample:
             hook.remove()
         sensitivities[name] = change / changes[0] if changes[0] > 0 else 0.0
     return sensitivities
+
+
+@torch.inference_mode()
+def contributions(dense: nn.Module, approx: nn.Module, layers: list[str], sample: torch.Tensor) -> tuple[float, dict[str, float]]:
+    """(relative change of ``approx``'s output from ``dense``'s on ``sample``, and per named layer
+    the part of it that goes away when that layer alone computes its dense output again): each
+    layer's share of the error as the approximated network really compounds it."""
+    reference = dense(sample).double()
+    change = float(relative_change(approx(sample).double(), reference))
+    shares = {}
+    for name in layers:
+        original = dense.get_submodule(name)
+        hook = approx.get_submodule(name).register_forward_hook(lambda module, args, output, original=original:
+                                                                original(*args))
+        try:
+            shares[name] = change - float(relative_change(approx(sample).double(), reference))
+        finally:
+            hook.remove()
+    return change, shares
