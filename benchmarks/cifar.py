@@ -44,6 +44,7 @@ class Cifar:
 
     model: nn.Module
     calibration: torch.Tensor
+    calibration_labels: torch.Tensor
     held_out: torch.Tensor
     held_out_labels: torch.Tensor
     test: torch.Tensor
@@ -62,7 +63,8 @@ def load(calibration: int = 1024) -> Cifar:
     train, train_labels = normalise(arrays["train_x"]), torch.from_numpy(arrays["train_y"])
     if not 0 < calibration < len(train):
         raise SystemExit(f"calibration images must number 1..{len(train) - 1}, got {calibration}")
-    return Cifar(load_cifar_resnet(folder / WEIGHTS, 20), train[:calibration], train[calibration:],
+    return Cifar(load_cifar_resnet(folder / WEIGHTS, 20), train[:calibration], train_labels[:calibration],
+                 train[calibration:],
                  train_labels[calibration:], normalise(arrays["test_x"]), torch.from_numpy(arrays["test_y"]))
 
 

@@ -81,8 +81,9 @@ class Moments(NamedTuple):
         return self.covariance_hat()
 
     def covariance_hat(self) -> np.ndarray:
-        """Cov(x_hat)."""
-        return self.second_hat - np.outer(self.mean_hat, self.mean_hat)
+        """Cov(x_hat); of each group (G, D/G, D/G) for a grouped layer's moments."""
+        mean = self.mean_hat
+        return self.second_hat - (np.outer(mean, mean) if mean.ndim == 1 else mean[:, :, None] * mean[:, None, :])
 
     def output_moment(self, flat_weights: np.ndarray) -> np.ndarray:
         """E[(W x) x_hat^T] (N, D) for the layer's flattened weights W (N, D)."""

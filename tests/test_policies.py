@@ -240,3 +240,27 @@ def test_a_method_without_a_closed_form_is_judged_by_its_measured_quick_fit_erro
     assert errors[0] > errors[-1]
     kept = [choice.rank for choice in policy._choices({method: (ranks, errors)}, {method: table}, 1.0).options[1:]]
     assert kept == [int(r) for r, e in zip(ranks, errors) if e <= 0.3]
+
+
+def test_target_speedup_in_data_mode_takes_grouped_and_depthwise_convs(monkeypatch):
+    """Each group's covariance feeds the closed-form errors (a grouped layer's statistics are
+    per group); the allocation's errors equal those computed group by group."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(),
+                                torch.nn.Conv2d(8, 8, 3, padding=1, groups=8), torch.nn.ReLU(),
+                                torch.nn.Conv2d(8, 8, 3, padding=1, groups=2))
+    batches = [torch.randn(6, 3, 10, 10, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    monkeypatch.setattr("recon.pipeline.policies.layer_latency", _stub_latency(lambda layer: "scheme2"))
+    monkeypatch.setattr("recon.pipeline.policies.latencies", lambda backend: (
+        lambda models, inputs, repeats, channels_last: [1.0] + [0.5] * (len(models) - 1)))
+    policy = TargetSpeedup(1.5, batches[0], cache=False, max_output_change=None)
+    result = recon.compress(model, batches, ranks=policy, progress=False)
+    assert {record.name for record in result.kept} == {"0", "2", "4"}
+    moments = recon.observe(model, batches, ["4"], progress=False)["4"]
+    method = methods.get("scheme2")
+    weights = model[4].weight.detach().double().numpy()
+    by_group = [method.rank_errors(weights[4 * g:4 * (g + 1)], moments.group(g).covariance()) for g in range(2)]
+    energies = [float(np.sum((w.reshape(4, -1) @ moments.group(g).covariance()) * w.reshape(4, -1)))
+                for g, w in enumerate((weights[:4], weights[4:]))]
+    expected = (by_group[0] * energies[0] + by_group[1] * energies[1]) / sum(energies)
+    np.testing.assert_allclose(method.rank_errors(weights, moments.covariance(), 2), expected, rtol=1e-10)

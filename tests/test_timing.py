@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from recon.bench.timing import median_latencies
+from recon.bench.timing import Spread, median_latencies, round_latencies
 
 
 class Recorder(nn.Module):
@@ -41,3 +41,14 @@ def test_channels_last_times_converted_copies_and_leaves_the_originals():
 def test_one_input_per_module_is_checked():
     with pytest.raises(ValueError, match="2 inputs for 1 modules"):
         median_latencies([nn.Identity()], [torch.zeros(1), torch.zeros(1)])
+
+
+def test_rounds_are_separate_side_by_side_timings_and_spread_reports_their_range():
+    log = []
+    a, b = Recorder("a", log), Recorder("b", log)
+    rounds = round_latencies([a, b], torch.zeros(2, 3, 5, 5), rounds=3, repeats=2)
+    assert len(rounds) == 3 and all(len(times) == 2 for times in rounds)
+    assert [label for label, _ in log] == (["a"] * 3 + ["b"] * 3 + ["a", "b"] * 2) * 3  # warmup, then alternating
+    spread = Spread((1.4, 1.6, 1.5, 2.0))
+    assert spread.median == pytest.approx(1.55)
+    assert spread.describe() == "1.55x (1.40-2.00, 4 rounds)"

@@ -5,6 +5,7 @@ import copy
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -67,6 +68,29 @@ def median_latencies(modules: list[nn.Module], inputs: torch.Tensor | list[torch
         modules = [copy.deepcopy(module).to(memory_format=torch.channels_last) for module in modules]
         feeds = [feed.contiguous(memory_format=torch.channels_last) if feed.ndim == 4 else feed for feed in feeds]
     return round_robin([_synchronized(module, feed) for module, feed in zip(modules, feeds)], repeats, warmup)
+
+
+@dataclass(frozen=True)
+class Spread:
+    """Ratios of one comparison measured in separate rounds: the median and the range say how
+    far one measurement on this machine can be trusted."""
+
+    rounds: tuple[float, ...]
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.rounds)
+
+    def describe(self) -> str:
+        """E.g. "1.52x (1.44-1.60, 5 rounds)"."""
+        return f"{self.median:.2f}x ({min(self.rounds):.2f}-{max(self.rounds):.2f}, {len(self.rounds)} rounds)"
+
+
+def round_latencies(modules: list[nn.Module], inputs: torch.Tensor, rounds: int = 5, repeats: int = 20,
+                    channels_last: bool = False) -> list[list[float]]:
+    """``median_latencies`` of ``modules`` in ``rounds`` separate rounds (one list per round),
+    so that the ratios between them come with their scatter (``Spread``)."""
+    return [median_latencies(modules, inputs, repeats, channels_last=channels_last) for _ in range(rounds)]
 
 
 MEMORY_FORMATS = {"NCHW": False, "channels_last": True}
