@@ -68,6 +68,17 @@ def load(calibration: int = 1024) -> Cifar:
                  train_labels[calibration:], normalise(arrays["test_x"]), torch.from_numpy(arrays["test_y"]))
 
 
+def fashion(calibration: int = 1024, held_out: int = 3636) -> Cifar:
+    """The bundled fmnist-resnet and Fashion-MNIST split the same way: the first ``calibration``
+    training images to fit on, the next ``held_out`` for agreement, the 10,000 test images."""
+    from recon import data, zoo
+
+    images, labels = data.load_split("train")
+    train, test = data.normalize(images[:calibration + held_out]), data.dataset("test")
+    return Cifar(zoo.load_model("fmnist-resnet").eval(), train[:calibration], labels[:calibration], train[calibration:],
+                 labels[calibration:calibration + held_out], test.tensors[0], test.tensors[1])
+
+
 @torch.inference_mode()
 def predictions(model: nn.Module, images: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
     """Top-1 class of every image."""

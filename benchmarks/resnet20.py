@@ -2,6 +2,7 @@
 pipeline as its own row, accuracy at measured speed.
 
     python -m benchmarks.resnet20 [--targets 1.5,2] [--calibration 1024] [--max-output-change 0.1|none]
+                                  [--model resnet20|fmnist-resnet]
 
 Data: ``benchmarks.cifar`` (../shared/data or $RECON_SHARED_DATA): statistics, block
 reconstruction and calibration see the first ``--calibration`` training images only; test
@@ -20,6 +21,11 @@ the dense model unfolded and folded the same way (folding alone is a speedup any
 gets). ``--max-output-change`` is TargetSpeedup's bound (``none`` lifts it, which lets the
 allocation reach the target and leaves the accuracy to the later steps). The rows also go to
 ``benchmarks/resnet20-<bound>.json``, which ``benchmarks.resnet20_frontier`` plots.
+
+``--model fmnist-resnet`` runs the same steps on the bundled Fashion-MNIST ResNet-20 (1x28x28,
+32/64/128 channels, projection shortcuts): calibration on the first training images, agreement
+on the next 3,636, accuracy on the 10,000 test images (``cifar.fashion``); its rows go to the
+section and file ``residual-fmnist-resnet-<bound>``.
 """
 from __future__ import annotations
 
@@ -55,7 +61,9 @@ def _row(step: str, target: float, result, data: cifar.Cifar, dense_accuracy: fl
     row = {"target": target, "step": step, "speedup": speedup.median, "speedup_folded": folded.median,
            "speedup_rounds": speedup.rounds, "speedup_folded_rounds": folded.rounds,
            "accuracy": accuracy, "drop": accuracy - dense_accuracy, "agreement": agreement,
-           "agreement_on": "test" if labelled else "held-out train", "seconds": seconds}
+           "agreement_on": "test" if labelled else "held-out train", "seconds": seconds,
+           "ranks": {record.name: record.rank for record in result.kept},
+           "compress_outcome": result.outcome.description if result.outcome else None}
     print(row, flush=True)
     return row
 
@@ -99,18 +107,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--calibration", type=int, default=1024)
     parser.add_argument("--max-output-change", default="0.1", help="TargetSpeedup's bound, or none")
     parser.add_argument("--finetune-epochs", type=int, default=2)
+    parser.add_argument("--model", choices=("resnet20", "fmnist-resnet"), default="resnet20")
     args = parser.parse_args(argv)
     bound = None if args.max_output_change == "none" else float(args.max_output_change)
-    data = cifar.load(args.calibration)
+    published = args.model == "resnet20"
+    data = cifar.load(args.calibration) if published else cifar.fashion(args.calibration)
+    name = f"resnet20-{args.max_output_change}" if published else f"residual-fmnist-resnet-{args.max_output_change}"
+    title = "Published ResNet-20 on real CIFAR-10" if published else "Bundled fmnist-resnet on Fashion-MNIST"
+    command = f"--targets {args.targets} --max-output-change {args.max_output_change}" + (
+        "" if published else " --model fmnist-resnet")
     dense_accuracy, _ = cifar.quality(data.model, data.model, data)
     rows = [row for target in (float(t) for t in args.targets.split(","))
             for row in _steps(target, bound, data, dense_accuracy, args.finetune_epochs)]
-    (FOLDER / f"resnet20-{args.max_output_change}.json").write_text(json.dumps(
+    (FOLDER / f"{name}.json").write_text(json.dumps(
         {"machine": machine(), "dense_accuracy": dense_accuracy, "rows": rows}, indent=1))
-    write_section(f"resnet20-{args.max_output_change}", "\n\n".join([
-        f"## Published ResNet-20 on real CIFAR-10 (`python -m benchmarks.resnet20 --targets {args.targets} "
-        f"--max-output-change {args.max_output_change}`)",
-        f"Machine: {machine()}. Dense: {100 * dense_accuracy:.2f}% on the 846 test images. Statistics, block "
+    write_section(name, "\n\n".join([
+        f"## {title} (`python -m benchmarks.resnet20 {command}`)",
+        f"Machine: {machine()}. Dense: {100 * dense_accuracy:.2f}% on the {len(data.test):,} test images. Statistics, block "
         f"reconstruction and calibration on the first {args.calibration:,} training images, no labels; agreement = "
         f"top-1 agreement with the dense model on the other {len(data.held_out):,} training images (on the test "
         f"images for the last row, which fine-tunes with the labels of all {len(data.calibration) + len(data.held_out):,} "

@@ -5,13 +5,15 @@ with its BatchNorms folded), one curve per step of the residual pipeline.
 
 Reads the rows ``benchmarks.resnet20`` wrote (``benchmarks/resnet20-*.json``, one file per
 output bound) and draws ``benchmarks/frontier-resnet20.png``; a step's points are its rows at
-every target and bound, joined in order of speedup.
+every target and bound, joined in order of speedup. Also writes the section
+``frontier-resnet20`` of RESULTS.md, which notebook 02 shows with the other frontiers.
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+from benchmarks.common import write_section
 from benchmarks.resnet20 import FOLDER, STEPS
 
 PLOT = FOLDER / "frontier-resnet20.png"
@@ -46,6 +48,14 @@ def main(argv: list[str] | None = None) -> None:
     figure.tight_layout()
     figure.savefig(PLOT, dpi=110)
     print(f"wrote {PLOT}")
+    bounds = sorted(path.stem.removeprefix("resnet20-") for path in FOLDER.glob("resnet20-*.json"))
+    write_section("frontier-resnet20", "\n\n".join([
+        "## Frontier of the published ResNet-20 on real CIFAR-10 (`python -m benchmarks.resnet20_frontier`)",
+        f"Test accuracy change against the speedup measured against the dense model with its BatchNorms folded "
+        f"(median of the rounds), one curve per step, from the rows of `benchmarks.resnet20` with "
+        f"`--max-output-change` {', '.join(bounds)} (sections `resnet20-*`). Dotted lines: the issue's target "
+        "(1.5x at -1 point).",
+        "![frontier](frontier-resnet20.png)"]))
 
 
 if __name__ == "__main__":

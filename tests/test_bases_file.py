@@ -16,7 +16,7 @@ import recon
 from recon import apply_bases, load_bases
 from recon.errors import BasesFileError, LayerError
 from recon.io.atomic import exclusive
-from recon.io.bases_file import BasesFile, read_bases, update_bases, write_bases
+from recon.io.bases_file import CHECKSUM, BasesFile, read_bases, update_bases, write_bases
 from tests.fixture_models import tiny
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -163,20 +163,26 @@ def test_a_deleted_bias_is_refused_in_both_schemas(saved, tmp_path):
         apply_bases(tiny(), v1)
 
 
+def _edit_unchecked(path, dataset, value):
+    """Set a dataset's values and drop its checksum, as in a file written before checksums were
+    recorded (an edit that keeps the checksum is refused at once: tests/test_hostile_files.py)."""
+    with h5py.File(path, "a") as f:
+        f[dataset][...] = value(f[dataset][...])
+        if CHECKSUM in f[dataset].attrs:
+            del f[dataset].attrs[CHECKSUM]
+
+
 def test_overflowing_or_edited_factors_are_refused(saved):
     _, _, path = saved
-    with h5py.File(path, "a") as f:
-        f["layers/features.4/coeffs"][...] *= 1.5  # plausible weights, but not what was fitted
+    _edit_unchecked(path, "layers/features.4/coeffs", lambda v: v * 1.5)  # plausible weights, but not what was fitted
     with pytest.raises(BasesFileError, match="layer 'features.4': the stored factors lose .* the file was changed"):
         apply_bases(tiny(), path)
     apply_bases(tiny(), path, allow_mismatch=True)
-    with h5py.File(path, "a") as f:
-        f["layers/features.4/coeffs"][...] = 3e38  # finite, but weights ~1e38 times too large: NaN logits
+    _edit_unchecked(path, "layers/features.4/coeffs", lambda v: v * 0 + 3e38)  # finite, but weights ~1e38 too large
     for allow in (False, True):
         with pytest.raises(BasesFileError, match="layer 'features.4': the stored factors compose weights .* damaged"):
             apply_bases(tiny(), path, allow_mismatch=allow)
-    with h5py.File(path, "a") as f:
-        f["layers/features.4/vertical"][...] = 3e38
+    _edit_unchecked(path, "layers/features.4/vertical", lambda v: v * 0 + 3e38)
     with pytest.raises(BasesFileError, match="layer 'features.4': the factors overflow float32"):
         read_bases(path)
 
@@ -220,7 +226,7 @@ def test_interrupted_write_leaves_existing_file_intact(saved, monkeypatch):
 
     monkeypatch.setattr("recon.io.bases_file._write_layer", explode)
     with pytest.raises(KeyboardInterrupt):
-        write_bases(path, BasesFile("tiny", "abc", records))
+        write_bases(path, BasesFile("tiny", read_bases(path).model_sha256, records))
     assert path.read_bytes() == before
     assert [p.name for p in path.parent.iterdir() if not p.name.endswith(".lock")] == [path.name]
 

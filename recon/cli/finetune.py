@@ -22,7 +22,7 @@ from recon import data
 from recon.cli import common, sources
 from recon.cli.export import check_writable
 from recon.errors import ConfigError
-from recon.io.bases_file import BasesFile, check_folder, read_bases, write_bases
+from recon.io.bases_file import BasesFile, check_replaceable, read_bases, write_bases
 from recon.pipeline.finetune import TRAINABLE, finetune
 from recon.record import retrained_records
 from recon.surgery import apply_bases
@@ -41,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", default="fmnist-alexnet", help="bundled model name")
     parser.add_argument("--device", type=common.device, help="train on this device (e.g. cuda); default: cpu")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--force", action="store_true",
+                        help="replace --out even when it is not a bases file of this model (e.g. a checkpoint)")
     return parser
 
 
@@ -49,11 +51,11 @@ def run_finetune(args: argparse.Namespace) -> int:
         raise ConfigError(f"--model must be a bundled model ({', '.join(sources.zoo.BUNDLED)}): training uses "
                           "Fashion-MNIST")
     out = args.out or args.bases.with_suffix(".finetuned.h5")
-    check_folder(out)
+    source = read_bases(args.bases)
+    check_replaceable(out, source.model_sha256, args.force)  # before training, not after
     state_out = out.with_suffix(".pt")
     if args.train == "all":
         check_writable(state_out)
-    source = read_bases(args.bases)
     dense = sources.load_model(args.model).to(args.device or "cpu")
     model = apply_bases(copy.deepcopy(dense), args.bases)
     train = data.loader("train", batch_size=128, shuffle=True, seed=args.seed,  # not the validation images
@@ -61,7 +63,7 @@ def run_finetune(args: argparse.Namespace) -> int:
     finetune(model, train, args.epochs, args.lr, args.train, data.loader("test", batch_size=500), args.seed,
              teacher=dense, validation=data.loader("validation", batch_size=500))
     records = retrained_records(dense, model.cpu(), source.layers, "finetuned")
-    write_bases(out, BasesFile(source.model, source.model_sha256, {r.name: r for r in records}))
+    write_bases(out, BasesFile(source.model, source.model_sha256, {r.name: r for r in records}), args.force)
     print(f"saved {out}")
     if args.train == "all":
         torch.save(model.state_dict(), state_out)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import hashlib
 import json
 import os
 import tempfile
@@ -35,7 +36,7 @@ import torch
 
 from recon import methods
 from recon.bench.guard import GuardDecision
-from recon.errors import BasesFileError
+from recon.errors import BasesFileError, ConfigError
 from recon.io.atomic import exclusive, replace_atomically, resolve
 from recon.nn import ConvGeometry, Geometry, LinearGeometry, LowRankModule
 from recon.record import LayerRecord
@@ -44,6 +45,9 @@ from solvers.conditioning import Conditioning
 
 FORMAT = "recon.bases"
 VERSION = 2
+CHECKSUM = "sha256"  # attribute of every dataset written: the sha256 of its values, verified on reading
+MAX_SIZE = 1 << 28  # the most values a factor, and the largest channel count, a bases file may declare
+MAX_HISTORY = 1 << 20  # the most values a solver-diagnostics dataset may declare
 MODES = ("filter", "data", "calibrated", "reconstructed", "finetuned")
 
 
@@ -120,14 +124,30 @@ def _geometry_attrs(geometry: Geometry) -> dict[str, Any]:
             "padding": padding, "dilation": np.array(geometry.dilation), "groups": geometry.groups}
 
 
+def _positive(value: Any) -> int:
+    number = int(value)
+    if number < 1 or number > MAX_SIZE:
+        raise ValueError(f"expected a whole number in 1..{MAX_SIZE}")
+    return number
+
+
+def _positive_pair(value: Any) -> tuple[int, int]:
+    return tuple(_positive(v) for v in _pair(value))  # type: ignore[return-value]
+
+
 def _read_geometry(attrs: _Reader, kind: str) -> Geometry:
     if kind == "linear":
-        return LinearGeometry(attrs.get("in_features", int), attrs.get("out_features", int))
+        return LinearGeometry(attrs.get("in_features", _positive), attrs.get("out_features", _positive))
     if kind != "conv":
         raise attrs.fail(f"attribute 'kind' must be 'conv' or 'linear', got {kind!r}")
-    return ConvGeometry(attrs.get("in_channels", int), attrs.get("out_channels", int), attrs.get("kernel_size", _pair),
-                        attrs.get("stride", _pair), attrs.get("padding", _padding), attrs.get("dilation", _pair),
-                        attrs.get("groups", int))
+    geometry = ConvGeometry(attrs.get("in_channels", _positive), attrs.get("out_channels", _positive),
+                            attrs.get("kernel_size", _positive_pair), attrs.get("stride", _positive_pair),
+                            attrs.get("padding", _padding), attrs.get("dilation", _positive_pair),
+                            attrs.get("groups", _positive))
+    if geometry.in_channels % geometry.groups or geometry.out_channels % geometry.groups:
+        raise attrs.fail(f"attribute 'groups' ({geometry.groups}) must divide in_channels ({geometry.in_channels}) "
+                         f"and out_channels ({geometry.out_channels})")
+    return geometry
 
 
 def _write_layer(group: h5py.Group, record: LayerRecord) -> None:
@@ -149,48 +169,105 @@ def _write_layer(group: h5py.Group, record: LayerRecord) -> None:
         attrs.update({f"statistics_{key}": value for key, value in record.statistics._asdict().items()})
     group.attrs.update(attrs)
     for name, tensor in record.module.state_dict().items():
-        group.create_dataset(name, data=tensor.detach().cpu().float().numpy())
+        _write_dataset(group, name, tensor.detach().cpu().float().numpy())
     history = group.create_group("history")
     for key, values in record.history.items():
-        history.create_dataset(key, data=np.asarray(values))
+        _write_dataset(history, key, np.asarray(values))
 
 
-def _check_tensors(tensors: dict[str, np.ndarray], module: LowRankModule, at: str) -> None:
-    """Compare ``tensors`` with ``module``'s state_dict names and shapes; check they are finite."""
+def _write_dataset(group: h5py.Group, name: str, values: np.ndarray) -> None:
+    """A dataset with the sha256 of its values (checked on every read)."""
+    group.create_dataset(name, data=values).attrs[CHECKSUM] = _sha256(values)
+
+
+def _sha256(values: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(values).tobytes()).hexdigest()
+
+
+def _check_tensors(tensors: dict[str, h5py.Dataset], module: LowRankModule, at: str) -> None:
+    """Compare ``tensors`` (not read yet) with ``module``'s state_dict names, shapes and dtypes."""
     expected = {name: tuple(value.shape) for name, value in module.state_dict().items()}
     for name, shape in expected.items():
         if name not in tensors:
             raise BasesFileError(f"{at}: field {name!r} is missing")
-        array = tensors[name]
-        if array.shape != shape:
-            raise BasesFileError(f"{at}: field {name!r} has shape {array.shape}, expected {shape}")
-        if array.dtype.kind != "f":
-            raise BasesFileError(f"{at}: field {name!r} has dtype {array.dtype}, expected floating point")
-        if not np.all(np.isfinite(array)):
-            raise BasesFileError(f"{at}: field {name!r} contains NaN or infinite values")
+        dataset = tensors[name]
+        if dataset.shape != shape:
+            raise BasesFileError(f"{at}: field {name!r} has shape {dataset.shape}, expected {shape}")
+        if dataset.dtype.kind != "f" or dataset.dtype.itemsize > 8:
+            raise BasesFileError(f"{at}: field {name!r} has dtype {dataset.dtype}, expected float32 or float64")
     unexpected = sorted(set(tensors) - set(expected))
     if unexpected:
         raise BasesFileError(f"{at}: unexpected field {unexpected[0]!r} (a {type(module).__name__} holds "
                              f"{', '.join(expected)})")
 
 
-def _module(method: methods.Method, geometry: Geometry, rank: Any, tensors: dict[str, np.ndarray],
+def _values(dataset: h5py.Dataset, name: str, at: str) -> np.ndarray:
+    """The values of a checked dataset: finite, and matching their recorded checksum."""
+    values = np.asarray(dataset)
+    if values.dtype.kind == "f" and not np.all(np.isfinite(values)):
+        raise BasesFileError(f"{at}: field {name!r} contains NaN or infinite values")
+    recorded = dataset.attrs.get(CHECKSUM)
+    if recorded is not None:
+        recorded = recorded.decode() if isinstance(recorded, bytes) else str(recorded)
+        if recorded != _sha256(values):
+            raise BasesFileError(f"{at}: field {name!r} does not match its recorded checksum (the file was changed or "
+                                 "damaged after it was written); fit the layer again")
+    return values
+
+
+def _module(method: methods.Method, geometry: Geometry, rank: Any, tensors: dict[str, h5py.Dataset | np.ndarray],
             at: str) -> LowRankModule:
-    """The module of ``method`` filled with ``tensors`` (validated first)."""
+    """The module of ``method`` filled with ``tensors`` (rank, shapes and dtypes validated
+    before anything is allocated or read)."""
     try:
+        method.check_rank(geometry, rank)
         module = method.module_class(geometry, rank, bias="bias" in tensors)
-    except (TypeError, ValueError) as err:
+    except (TypeError, ValueError, ConfigError) as err:
         raise BasesFileError(f"{at}: rank {rank!r} or geometry does not fit method {method.name!r} ({err})") from None
     _check_tensors(tensors, module, at)
-    module.load_state_dict({name: torch.from_numpy(np.asarray(a, np.float32)) for name, a in tensors.items()},
+    values = {name: _values(t, name, at) if isinstance(t, h5py.Dataset) else t for name, t in tensors.items()}
+    module.load_state_dict({name: torch.from_numpy(np.asarray(a, np.float32)) for name, a in values.items()},
                            strict=True)
     if not torch.all(torch.isfinite(module.dense_weight())):
         raise BasesFileError(f"{at}: the factors overflow float32 (the weight they compose is not finite)")
     return module.eval()
 
 
-def _datasets(group: h5py.Group) -> dict[str, np.ndarray]:
-    return {key: np.asarray(value) for key, value in group.items() if isinstance(value, h5py.Dataset)}
+def _children(group: h5py.Group, at: str) -> dict[str, h5py.Group | h5py.Dataset]:
+    """The members of ``group``; refuses what would make recon read outside the file (soft and
+    external links, external storage, virtual datasets)."""
+    children = {}
+    for key in group:
+        link = group.get(key, getlink=True)
+        if not isinstance(link, h5py.HardLink):
+            raise BasesFileError(f"{at}: {group.name}/{key} is a {type(link).__name__}; bases files hold their own "
+                                 "data, and recon does not follow links")
+        child = group[key]
+        if isinstance(child, h5py.Dataset) and (child.is_virtual or child.external):
+            raise BasesFileError(f"{at}: dataset {child.name} keeps its values outside the file "
+                                 f"({'virtual' if child.is_virtual else 'external storage'}); refused")
+        children[key] = child
+    return children
+
+
+def _datasets(group: h5py.Group, at: str) -> dict[str, h5py.Dataset]:
+    """The datasets of ``group`` (checked by ``_children``), not read yet."""
+    return {key: value for key, value in _children(group, at).items() if isinstance(value, h5py.Dataset)}
+
+
+def _history(group: h5py.Group, at: str) -> dict[str, np.ndarray]:
+    """A layer's solver diagnostics, each at most ``MAX_HISTORY`` values."""
+    if "history" not in group:
+        return {}
+    history = _children(group, at)["history"]
+    if not isinstance(history, h5py.Group):
+        raise BasesFileError(f"{at}: 'history' must be a group")
+    datasets = _datasets(history, at)
+    for key, dataset in datasets.items():
+        if dataset.size > MAX_HISTORY or dataset.dtype.itemsize > 8:
+            raise BasesFileError(f"{at}: history/{key} declares {dataset.size:,} values of {dataset.dtype}; "
+                                 f"solver diagnostics hold at most {MAX_HISTORY:,} numbers")
+    return {key: _values(dataset, f"history/{key}", at) for key, dataset in datasets.items()}
 
 
 def _read_layer_v2(name: str, group: h5py.Group, at: str) -> LayerRecord:
@@ -198,7 +275,7 @@ def _read_layer_v2(name: str, group: h5py.Group, at: str) -> LayerRecord:
     method = _method(attrs, attrs.get("method", str))
     geometry = _read_geometry(attrs, attrs.get("kind", str))
     rank = attrs.get("rank", _rank)
-    tensors = _datasets(group)
+    tensors = _datasets(group, at)
     if attrs.get("bias", bool) != ("bias" in tensors):
         raise attrs.fail("field 'bias' is missing" if "bias" not in tensors else "unexpected field 'bias'")
     guard = None
@@ -213,7 +290,7 @@ def _read_layer_v2(name: str, group: h5py.Group, at: str) -> LayerRecord:
         input_shape=attrs.optional("input_shape", _shape), dense_macs=attrs.optional("dense_macs", int),
         macs=attrs.optional("macs", int), fit_seconds=attrs.get("fit_seconds", float), guard=guard,
         statistics=_read_statistics(attrs), folded_batchnorm=attrs.optional("folded_batchnorm", str),
-        config=attrs.get("config", json.loads), history=_datasets(group["history"]) if "history" in group else {})
+        config=attrs.get("config", json.loads), history=_history(group, at))
 
 
 def _read_statistics(attrs: _Reader) -> Conditioning | None:
@@ -245,7 +322,11 @@ def _read_layer_v1(name: str, group: h5py.Group, at: str) -> LayerRecord:
     else:
         method = _method(attrs, f"scheme{attrs.get('scheme', int)}")
         mode, data_error = _mode(attrs), attrs.get("data_rel_error", float)
-    datasets = _datasets(group)
+    datasets = _datasets(group, at)
+    for key, dataset in datasets.items():
+        if dataset.size > MAX_SIZE:
+            raise attrs.fail(f"field {key!r} declares {dataset.size:,} values (at most {MAX_SIZE:,})")
+    datasets = {key: _values(dataset, key, at) for key, dataset in datasets.items()}
     bias = datasets.pop("bias", None)
     try:
         factors, rank = method.v1_factors(datasets)
@@ -261,7 +342,7 @@ def _read_layer_v1(name: str, group: h5py.Group, at: str) -> LayerRecord:
     return LayerRecord(name=name, method=method.name, rank=rank, mode=mode, geometry=geometry, module=module,
                        weight_sha256=attrs.get("weight_sha256", str), bias_sha256=None,
                        filter_energy_lost=attrs.get("filter_rel_error", float), output_variance_lost=data_error,
-                       history=_datasets(group["history"]) if "history" in group else {})
+                       history=_history(group, at))
 
 
 def _v1_tensors(method: methods.Method, geometry: Geometry, rank: Any, factors: dict[str, np.ndarray],
@@ -303,22 +384,32 @@ def _opened(path: str | os.PathLike) -> Iterator[tuple[h5py.File, _Reader, int]]
             raise BasesFileError(f"{path} has schema version {version}; this recon reads versions 1 and {VERSION}")
         if "layers" not in source:
             raise BasesFileError(f"{path}: group '/layers' is missing")
+        if not isinstance(_children(source, str(path))["layers"], h5py.Group):
+            raise BasesFileError(f"{path}: '/layers' must be a group")
         yield source, root, version
+
+
+def _group(node: h5py.HLObject, at: str) -> h5py.Group:
+    if not isinstance(node, h5py.Group):
+        raise BasesFileError(f"{at}: a layer must be a group, not a {type(node).__name__}")
+    return node
 
 
 def read_bases(path: str | os.PathLike) -> BasesFile:
     """Read and validate a bases file (schema v1 or v2); BasesFileError says what and where."""
     with _opened(path) as (source, root, version):
         read_layer = _read_layer_v2 if version == VERSION else _read_layer_v1
-        layers = {name: read_layer(name, group, f"{path}: layer {name!r}") for name, group in source["layers"].items()}
+        layers = {name: read_layer(name, _group(group, f"{path}: layer {name!r}"), f"{path}: layer {name!r}")
+                  for name, group in _children(source["layers"], str(path)).items()}
         return BasesFile(model=root.get("model", str), model_sha256=root.get("model_sha256", str), layers=layers,
                          created=root.get("created", str), recon_version=root.get("recon_version", str),
                          version=version)
 
 
-def write_bases(path: str | os.PathLike, bases: BasesFile) -> Path:
-    """Write ``bases`` to ``path`` as schema v2, atomically (see ``recon.io.atomic``)."""
-    check_folder(path)
+def write_bases(path: str | os.PathLike, bases: BasesFile, overwrite: bool = False) -> Path:
+    """Write ``bases`` to ``path`` as schema v2, atomically (see ``recon.io.atomic``), replacing
+    a bases file of the same model; anything else at ``path`` only with ``overwrite``."""
+    check_replaceable(path, bases.model_sha256, overwrite)
     with exclusive(path) as target:  # under the lock of update_bases, whose temporaries it would otherwise race
         return replace_atomically(target, lambda temporary: _write(temporary, bases.model, bases.model_sha256,
                                                                    bases.layers.values(), bases.created))
@@ -355,11 +446,35 @@ def check_folder(path: str | os.PathLike) -> Path:
     return target
 
 
+def _is_new(target: Path) -> bool:
+    """No file there yet, or an empty one (as ``tempfile.NamedTemporaryFile`` leaves)."""
+    return not target.exists() or target.stat().st_size == 0
+
+
+def check_replaceable(path: str | os.PathLike, model_hash: str, overwrite: bool = False) -> Path:
+    """``check_folder``, then refuse to replace an existing file that is not a bases file of the
+    model ``model_hash`` (a checkpoint, another model's bases), unless ``overwrite``."""
+    target = check_folder(path)
+    if overwrite or _is_new(target):
+        return target
+    hint = "choose another file, or pass overwrite=True (the CLIs: --force)"
+    try:
+        with _opened(target) as (_, root, _):
+            existing = root.get("model_sha256", str)
+    except BasesFileError as err:
+        raise BasesFileError(f"{path} exists and is not a recon bases file ({err}); refusing to overwrite it: "
+                             f"{hint}") from None
+    if existing != model_hash:
+        raise BasesFileError(f"{path} holds bases of another model (sha256 {existing[:12]}...); refusing to overwrite "
+                             f"it: {hint}")
+    return target
+
+
 def check_destination(path: str | os.PathLike, model: str, model_hash: str) -> None:
     """Refuse, before any work, a destination that cannot be written or that holds another
     model's bases (layers are added to a file of the same model)."""
     target = check_folder(path)
-    if target.exists():
+    if not _is_new(target):
         with _opened(target) as (_, root, _):
             _check_same_model(target, root, model, model_hash)
 
@@ -384,7 +499,7 @@ def update_bases(path: str | os.PathLike, model: str, model_hash: str, records: 
     check_folder(path)
     new = {record.name: record for record in records}
     with exclusive(path) as target:
-        if not target.exists():
+        if _is_new(target):
             replace_atomically(target, lambda temporary: _write(temporary, model, model_hash, new.values()))
             return list(new)
         with _opened(target) as (source, root, version):

@@ -40,9 +40,12 @@ class SolverOptions:
     ridge: float = 1e-3
 
     def __post_init__(self) -> None:
-        for name in ("lbfgs_iterations", "cp_iterations"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name, low in (("lbfgs_iterations", 1), ("cp_iterations", 1), ("seed", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not low <= value < 2 ** 63:
+                raise ConfigError(f"{name} must be a whole number in {low}..2**63-1, got {value!r}")
+        if isinstance(self.ridge, bool) or not isinstance(self.ridge, (int, float, np.floating)):
+            raise ConfigError(f"ridge must be a finite number >= 0, got {self.ridge!r}")
         if not (np.isfinite(self.ridge) and self.ridge >= 0):
             raise ConfigError(f"ridge must be a finite number >= 0, got {self.ridge}")
         try:
@@ -64,15 +67,28 @@ class Fitted(NamedTuple):
     history: dict[str, np.ndarray]
 
 
+HOOKS = {"_forward_hooks": "forward hook", "_forward_pre_hooks": "forward pre-hook",
+         "_backward_hooks": "backward hook", "_backward_pre_hooks": "backward pre-hook"}
+
+
 def overridden_forward(layer: nn.Module, base: type[nn.Module]) -> str | None:
-    """Why a subclass of ``base`` cannot be replaced as if it were ``base``, or None."""
+    """Why a layer of class ``base`` (or a subclass) cannot be replaced as if it computed
+    ``base``'s plain forward, or None: a subclass overriding the forward, a forward set on the
+    instance (e.g. by a wrapping library), or hooks, which a replacement would silently drop."""
     kind = type(layer)
     changed = [name for name in ("forward", "_conv_forward") if hasattr(base, name)
                and getattr(kind, name) is not getattr(base, name)]
-    if kind is base or not changed:
-        return None
-    return (f"its class {kind.__name__} overrides {changed[0]}() of nn.{base.__name__}, so what it computes "
-            "is not a plain convolution of its weight")
+    if kind is not base and changed:
+        return (f"its class {kind.__name__} overrides {changed[0]}() of nn.{base.__name__}, so what it computes "
+                "is not a plain convolution of its weight")
+    if "forward" in vars(layer):
+        return "its forward is replaced on the instance (a patch or a wrapping library), which a replacement would drop"
+    hooks = {label: len(getattr(layer, name, {})) for name, label in HOOKS.items()}
+    present = [f"{count} {kind}{'s' if count > 1 else ''}" for kind, count in hooks.items() if count]
+    if present:
+        return (f"it has {', '.join(present)} (a mask, weight_norm, pruning or an observer?), which a replacement "
+                "would drop; remove them (handle.remove(), torch.nn.utils.prune.remove) or replace the layer yourself")
+    return None
 
 
 class Method(ABC):

@@ -50,6 +50,9 @@ class Batches:
                  dtype: torch.dtype | None = None) -> None:
         if samples is not None and samples < 1:
             raise DataError(f"samples must be >= 1, got {samples}")
+        if not callable(source) and not isinstance(source, Iterable):
+            raise DataError(f"data must be batches of inputs (a list, a DataLoader) or a function returning them, "
+                            f"got {type(source).__name__}")
         if not callable(source) and iter(source) is source:
             raise DataError(f"data is a one-shot {type(source).__name__}: recon reads the data more than once; pass "
                             "a list, a DataLoader, or a function that returns a fresh iterable")

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -49,8 +50,9 @@ from recon.surgery import replace_layer
 
 LOG = logging.getLogger("recon")
 MODES = ("filter", "data")
-SENSITIVITY_SAMPLES = 256  # samples of the first batch that layer sensitivities are measured on
+SENSITIVITY_SAMPLES = 256  # samples (from the first batches) that layer sensitivities are measured on
 FEW_PATCHES_PER_DIM = 10  # fewer patches per input dimension than this: statistics too thin to trust
+MAX_TIMING_BATCH = 4096  # the largest guard timing batch (a larger one only allocates more)
 REVISIONS = 2  # at most this many times the policy revises its allocation after measuring the fitted model
 
 
@@ -116,17 +118,18 @@ class Compression:
 
         return reconstruct_blocks(self.model, dense, data, on_block=update, **options)
 
-    def save(self, path: str | Path, merge: bool = True) -> Path:
+    def save(self, path: str | Path, merge: bool = True, overwrite: bool = False) -> Path:
         """Write the replaced layers to a bases file (schema v2), atomically. With ``merge``,
-        layers already in the file (of the same model) are kept; otherwise it is replaced."""
+        layers already in the file (of the same model) are kept; otherwise it is replaced. A
+        file at ``path`` that is not a bases file of this model is refused unless ``overwrite``."""
         records = self.kept
         if not records:
             raise ConfigError(f"nothing to save: no layer was replaced (kept dense: "
                               f"{', '.join(self.dense_layers + [r.name for r in self.layers.values()]) or 'none'})")
-        if merge:
+        if merge and not overwrite:
             update_bases(path, self.model_name, self.model_sha256, records)
             return Path(path)
-        return write_bases(path, BasesFile(self.model_name, self.model_sha256, {r.name: r for r in records}))
+        return write_bases(path, BasesFile(self.model_name, self.model_sha256, {r.name: r for r in records}), overwrite)
 
 
 def _as_policy(ranks: Any) -> RankPolicy:
@@ -135,6 +138,10 @@ def _as_policy(ranks: Any) -> RankPolicy:
     if ranks is None:
         raise ConfigError("give ranks: an int, a dict of layer name -> rank, recon.TargetSpeedup(...) or "
                           "recon.AccuracyBudget(...)")
+    if isinstance(ranks, np.integer):
+        ranks = int(ranks)
+    if isinstance(ranks, dict):  # NumPy ints would pass the checks and then fail the JSON of the bases file
+        ranks = {name: int(rank) if isinstance(rank, np.integer) else rank for name, rank in ranks.items()}
     if isinstance(ranks, (dict, int, str, tuple)) and not isinstance(ranks, bool):
         return Fixed(ranks)
     raise ConfigError(f"ranks must be an int, a dict, or a rank policy, got {type(ranks).__name__}")
@@ -241,7 +248,8 @@ def compress(model: nn.Module, data: DataSource | None = None, *, layers: LayerS
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     plan = _plan(model, data, layers, method, ranks, mode, asymmetric, guard, channels_last, input_size, samples,
-                 patches_per_image, solver, min_speedup, timing_batch, max_output_loss, dense_when_lossy, fold_batchnorm)
+                 patches_per_image, solver, min_speedup, timing_batch, max_output_loss, dense_when_lossy, fold_batchnorm,
+                 device, on_layers)
     home = next(model.parameters()).device
     work = copy.deepcopy(model).to(device or home).eval()
     folded = _fold(work, plan.layers) if fold_batchnorm else {}
@@ -261,7 +269,7 @@ def compress(model: nn.Module, data: DataSource | None = None, *, layers: LayerS
     problem = RankProblem(work, {name: plan.method.for_layer(work.get_submodule(name)) for name in plan.layers},
                           plan.layers, {name: plan.method.geometry(work.get_submodule(name)) for name in plan.layers},
                           {name: to_numpy(work.get_submodule(name).weight) for name in plan.layers},
-                          symmetric, None if batches is None else example[:SENSITIVITY_SAMPLES], fit, LOG.info)
+                          symmetric, None if batches is None else _sensitivity_sample(batches), fit, LOG.info)
     chosen = {name: choice for name, choice in plan.policy.choose(problem).items() if choice is not None}
     guard_inputs = _guard_inputs(work, plan.layers, example, timing_batch) if guard else {}
 
@@ -271,8 +279,10 @@ def compress(model: nn.Module, data: DataSource | None = None, *, layers: LayerS
         in symmetric mode, before the first changed layer in asymmetric mode)."""
         approx = copy.deepcopy(work)
         changed = [name for name in chosen if name not in previous or not _same_choice(previous[name], chosen[name])]
+        moved = [plan.layers.index(name) for name in changed + [n for n in previous if n not in chosen]]
+        first_change = min(moved, default=len(plan.layers))  # asymmetric: every later layer sees other inputs
         reusable = {name: record for name, record in previous.items() if name in chosen and name not in changed
-                    and (not asymmetric or plan.layers.index(name) < min(map(plan.layers.index, changed)))}
+                    and (not asymmetric or plan.layers.index(name) < first_change)}
         records: dict[str, LayerRecord] = {}
         pending: list[LayerRecord] = []
         # without asymmetry every layer's statistics are known now: solve layers of one shape together
@@ -379,9 +389,23 @@ def _warn_about_statistics(record: LayerRecord, ridge: float) -> None:
                     record.name, stats.unseen, stats.dim, stats.effective_rank, kept)
 
 
+def _check_device(device: Any) -> None:
+    """Refuse a device that is not one or does not exist here."""
+    if device is None:
+        return
+    try:
+        where = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ConfigError(f"device must be a torch device such as 'cpu' or 'cuda', got {device!r} ({err})") from None
+    if where.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r}: CUDA is not available on this machine")
+    if where.type == "meta":
+        raise ConfigError("device 'meta' holds no values: recon needs real weights and data")
+
+
 def _plan(model, data, layers, method_name, ranks, mode, asymmetric, guard, channels_last, input_size, samples,
           patches_per_image, solver, min_speedup, timing_batch, max_output_loss, dense_when_lossy,
-          fold_batchnorm) -> _Plan:
+          fold_batchnorm, device, on_layers) -> _Plan:
     """Every argument checked, the layers selected and the ranks validated: before any work."""
     method = methods.resolve(method_name)
     mode = _resolve_mode(mode, data, method, asymmetric)
@@ -402,6 +426,14 @@ def _plan(model, data, layers, method_name, ranks, mode, asymmetric, guard, chan
     for label, value in (("min_speedup", min_speedup), ("max_output_loss", max_output_loss)):
         if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
             raise ConfigError(f"{label} must be a positive number, got {value!r}")
+    if timing_batch > MAX_TIMING_BATCH:
+        raise ConfigError(f"timing_batch must be at most {MAX_TIMING_BATCH}, got {timing_batch}")
+    if not isinstance(solver, SolverOptions):
+        hint = ": recon.SolverOptions(**settings)" if isinstance(solver, dict) else ""
+        raise ConfigError(f"solver must be a recon.SolverOptions, got {type(solver).__name__}{hint}")
+    if on_layers is not None and not callable(on_layers):
+        raise ConfigError(f"on_layers must be a function of a list of records, got {type(on_layers).__name__}")
+    _check_device(device)
     _check_input_size(input_size)
     if not isinstance(fold_batchnorm, bool):
         raise ConfigError(f"fold_batchnorm must be True or False, got {fold_batchnorm!r}")
@@ -425,6 +457,18 @@ def _example(policy: RankPolicy, batches: Batches | None, input_size: tuple[int,
     if input_size is not None:
         return torch.zeros(1, *input_size, device=parameter.device, dtype=parameter.dtype)
     return None
+
+
+def _sensitivity_sample(batches: Batches) -> torch.Tensor:
+    """Up to ``SENSITIVITY_SAMPLES`` samples from the first batches (one batch of one sample has
+    no variation to measure a sensitivity on)."""
+    taken, count = [], 0
+    for inputs in batches:
+        taken.append(inputs[: SENSITIVITY_SAMPLES - count])
+        count += len(taken[-1])
+        if count >= SENSITIVITY_SAMPLES:
+            break
+    return torch.cat(taken)
 
 
 def _guard_inputs(work: nn.Module, layers: list[str], example: torch.Tensor,

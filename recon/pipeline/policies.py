@@ -259,8 +259,15 @@ class TargetSpeedup(RankPolicy):
         if not isinstance(example_input, torch.Tensor):
             raise ConfigError(f"TargetSpeedup needs an example input tensor to time the model on, "
                               f"got {type(example_input).__name__}")
-        if margin < 0 or repeats < 1:
-            raise ConfigError("margin must be >= 0 and repeats >= 1")
+        if not example_input.is_floating_point() or example_input.ndim < 2 or example_input.is_meta \
+                or not bool(torch.isfinite(example_input).all()):
+            raise ConfigError(f"TargetSpeedup's example input must be a finite floating-point batch (batch dimension "
+                              f"first) with real values, like the model's inputs; got {example_input.dtype} of shape "
+                              f"{tuple(example_input.shape)} on {example_input.device}")
+        if not (isinstance(margin, (int, float)) and math.isfinite(margin) and margin >= 0):
+            raise ConfigError(f"margin must be a finite number >= 0, got {margin!r}")
+        if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+            raise ConfigError(f"repeats must be a whole number >= 1, got {repeats!r}")
         check_backend(backend)
         if backend == "onnxruntime" and channels_last:
             raise ConfigError("channels_last is a torch memory format; the onnxruntime backend chooses its own layouts")
@@ -329,8 +336,16 @@ class TargetSpeedup(RankPolicy):
 
     def choose(self, problem: RankProblem) -> dict[str, Choice | None]:
         self._report = problem.report
-        example = self.example_input.to(next(problem.model.parameters()).device)
-        inputs = capture_layer_inputs(problem.model, problem.layers, example)
+        if problem.sample is not None and len(problem.sample) < 2:
+            raise ConfigError("TargetSpeedup measures each layer's sensitivity on how the data varies, and the data "
+                              "holds one sample: give more samples (up to 256 are used)")
+        parameter = next(problem.model.parameters())
+        example = self.example_input.to(parameter.device, parameter.dtype)
+        try:
+            inputs = capture_layer_inputs(problem.model, problem.layers, example)
+        except RuntimeError as err:
+            raise ConfigError(f"the model failed on TargetSpeedup's example input of shape {tuple(example.shape)}: "
+                              f"{err}") from err
         cache = LatencyCache(default_cache_path() if self.cache is True else Path(self.cache) if self.cache else None)
         tables = {name: {method: layer_latency(method, problem.model.get_submodule(name), inputs[name],
                                                self.channels_last, cache, backend=self.backend)
@@ -431,7 +446,8 @@ class TargetSpeedup(RankPolicy):
         return latencies(self.backend)(models, example, self.repeats, channels_last=self.channels_last)
 
     def outcome(self, dense: nn.Module, approx: nn.Module) -> Outcome:
-        example = self.example_input.to(next(dense.parameters()).device)
+        parameter = next(dense.parameters())
+        example = self.example_input.to(parameter.device, parameter.dtype)
         t_dense, t_low = self._time([dense, approx], example)
         measured = t_dense / t_low
         layout = "channels_last" if self.channels_last else "NCHW"
