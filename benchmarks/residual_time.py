@@ -31,7 +31,9 @@ def _seconds(model: torch.nn.Module, data: cifar.Cifar, target: float) -> tuple[
                       progress=False)
     middle = time.perf_counter()
     result.reconstruct_blocks(model, data.batches(), progress=False)
-    return middle - start, time.perf_counter() - middle, result.outcome.description.split(";")[0]
+    outcome = result.outcome
+    return (middle - start, time.perf_counter() - middle,
+            f"target {outcome.target:g}x {'met' if outcome.met else 'missed'}: measured {outcome.measured:.2f}x")
 
 
 def _full_passes(self, block: str) -> None:
