@@ -54,8 +54,7 @@ def main(argv: list[str] | None = None) -> None:
         f"Test accuracy change against the speedup measured against the dense model with its BatchNorms folded "
         f"(median of the rounds), one curve per step, from the rows of `benchmarks.resnet20` with "
         f"`--max-output-change` {', '.join(bounds)} (sections `resnet20-*`). Dotted lines: the issue's target "
-        "(1.5x at -1 point).",
-        "![frontier](frontier-resnet20.png)"]))
+        "(1.5x at -1 point). Plot: `frontier-resnet20.png`."]))
 
 
 if __name__ == "__main__":

@@ -3,8 +3,8 @@ its section of RESULTS.md."""
 from __future__ import annotations
 
 from benchmarks import (accuracy, accuracy_vs_speedup, degenerate, forward_variants, frontier, guard,
-                        inference_speed, resnet20, resnet56_fit, resnet56_target, solver_devices, solver_vs_cvxpy, statistics,
-                        target_speedup)
+                        inference_speed, residual_time, resnet20, resnet20_frontier, resnet56_fit, resnet56_target,
+                        solver_devices, solver_vs_cvxpy, statistics, target_speedup)
 
 
 def main() -> None:
@@ -25,8 +25,12 @@ def main() -> None:
     frontier.main(["--model", "fmnist-resnet", "--methods", "auto", "--targets", "2"])
     statistics.main(["--per-layer"])
     degenerate.main([])
-    resnet20.main(["--targets", "1.5"])
-    resnet20.main(["--targets", "1.5", "--max-output-change", "none"])
+    resnet20.main([])
+    resnet20.main(["--targets", "1.5", "--max-output-change", "0.3"])
+    resnet20.main(["--max-output-change", "none"])
+    resnet20_frontier.main([])
+    resnet20.main(["--model", "fmnist-resnet", "--targets", "2"])
+    residual_time.main([])
     resnet56_fit.main([])
     resnet56_target.main([])
 
