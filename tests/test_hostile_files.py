@@ -1,6 +1,7 @@
 """Hostile input, round 3: bases files that would make recon read outside them, allocate without
 bound or load silently changed values; destinations that are not bases files; layers whose
 hooks a replacement would drop; data with one sample per batch."""
+import argparse
 import copy
 import re
 
@@ -10,7 +11,7 @@ import pytest
 import torch
 
 import recon
-from recon.cli import finetune as finetune_cli
+from recon.cli import common, finetune as finetune_cli
 from recon.errors import BasesFileError, ConfigError, LayerError
 from recon.io.bases_file import CHECKSUM, read_bases
 from tests.fixture_models import tiny, tiny_batches
@@ -223,3 +224,9 @@ def test_an_example_input_the_model_cannot_take_is_named_before_any_timing():
     policy = recon.TargetSpeedup(2, torch.zeros(2, 5, 10, 10), cache=False)
     with pytest.raises(ConfigError, match="the model failed on TargetSpeedup's example input of shape \\(2, 5, 10, 10\\)"):
         recon.compress(tiny(), tiny_batches, ranks=policy, progress=False)
+
+
+@pytest.mark.parametrize("text, message", [("meta", "holds no values"), ("nonsense", "must be a torch device")])
+def test_the_clis_check_devices_as_compress_does(text, message):
+    with pytest.raises(argparse.ArgumentTypeError, match=message):
+        common.device(text)

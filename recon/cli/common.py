@@ -12,7 +12,8 @@ from pathlib import Path
 
 import torch
 
-from recon.errors import ReconError
+from recon.errors import ConfigError, ReconError
+from recon.pipeline.compress import check_device
 
 INTERRUPTED = "interrupted: files written before were not damaged"
 
@@ -72,14 +73,11 @@ def input_size(text: str) -> tuple[int, ...]:
 
 
 def device(text: str) -> torch.device:
-    """argparse type: a torch device that exists here."""
+    """argparse type: a torch device that exists here (``recon.pipeline.compress.check_device``)."""
     try:
-        dev = torch.device(text)
-    except RuntimeError as err:
+        return check_device(text)
+    except ConfigError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise argparse.ArgumentTypeError("CUDA is not available on this machine")
-    return dev
 
 
 def enable_compilation_cache() -> Path | None:

@@ -389,10 +389,10 @@ def _warn_about_statistics(record: LayerRecord, ridge: float) -> None:
                     record.name, stats.unseen, stats.dim, stats.effective_rank, kept)
 
 
-def _check_device(device: Any) -> None:
-    """Refuse a device that is not one or does not exist here."""
+def check_device(device: Any) -> torch.device | None:
+    """``device`` as a torch device that exists here (None stays None); ConfigError otherwise."""
     if device is None:
-        return
+        return None
     try:
         where = torch.device(device)
     except (RuntimeError, TypeError) as err:
@@ -401,6 +401,7 @@ def _check_device(device: Any) -> None:
         raise ConfigError(f"device {device!r}: CUDA is not available on this machine")
     if where.type == "meta":
         raise ConfigError("device 'meta' holds no values: recon needs real weights and data")
+    return where
 
 
 def _plan(model, data, layers, method_name, ranks, mode, asymmetric, guard, channels_last, input_size, samples,
@@ -433,7 +434,7 @@ def _plan(model, data, layers, method_name, ranks, mode, asymmetric, guard, chan
         raise ConfigError(f"solver must be a recon.SolverOptions, got {type(solver).__name__}{hint}")
     if on_layers is not None and not callable(on_layers):
         raise ConfigError(f"on_layers must be a function of a list of records, got {type(on_layers).__name__}")
-    _check_device(device)
+    check_device(device)
     _check_input_size(input_size)
     if not isinstance(fold_batchnorm, bool):
         raise ConfigError(f"fold_batchnorm must be True or False, got {fold_batchnorm!r}")

@@ -35,7 +35,7 @@ from recon.methods import Method
 from recon.nn import Geometry, LowRankModule
 from recon.pipeline.allocate import LayerChoices, allocate
 from recon.pipeline.fitting import approximation_error, to_numpy
-from recon.pipeline.sensitivity import contributions, output_sensitivities, relative_change
+from recon.pipeline.sensitivity import contributions, output_change, output_sensitivities
 from recon.record import LayerRecord
 from recon.surgery import replace_layer
 from solvers.objectives import Moments
@@ -413,10 +413,10 @@ class TargetSpeedup(RankPolicy):
         if search is None:
             return None
         replaced = [name for name, choice in search.final.items() if choice is not None]
-        change, shares = contributions(dense, approx, replaced, search.sample)
         bound = self.max_output_change
-        if change <= bound * (1 + BOUND_TOLERANCE) or not replaced:
+        if not replaced or output_change(dense, approx, search.sample) <= bound * (1 + BOUND_TOLERANCE):
             return None
+        change, shares = contributions(dense, approx, replaced, search.sample)
         choices = dict(search.choices)
         for name in replaced:
             layer = choices[name]
@@ -455,9 +455,7 @@ class TargetSpeedup(RankPolicy):
         where = f"batch {len(self.example_input)}, {layout}{runtime}, fitted bases"
         change = None
         if self._search is not None:
-            with torch.inference_mode():
-                sample = self._search.sample
-                change = float(relative_change(approx(sample).double(), dense(sample).double()))
+            change = output_change(dense, approx, self._search.sample)
             where += f"; output change measured {change:.4f} of its variance (max_output_change {self.max_output_change:g})"
         if measured >= self.factor:
             return Outcome(self.factor, measured, True, f"target {self.factor:.2f}x met: measured {measured:.2f}x ({where})",

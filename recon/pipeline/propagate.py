@@ -23,10 +23,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-
 Call = tuple[tuple, dict]  # the positional and keyword arguments of one call
-
-
 LOG = logging.getLogger("recon")
 
 
@@ -84,10 +81,6 @@ class Propagation:
             for used in node.all_input_nodes:
                 self.last_use[used] = index
         self.values: dict[str, dict[fx.Node, list[Any]]] = {side: {} for side in self.models}
-
-    def order(self, blocks: list[str]) -> list[str]:
-        """``blocks`` in the order the graph runs them."""
-        return sorted(blocks, key=self.block_node.__getitem__)
 
     def calls(self, block: str) -> dict[str, list[Call]]:
         """The arguments ``block`` receives, per chunk, in the dense and in the approximated

@@ -54,19 +54,24 @@ def output_sensitivities(model: nn.Module, probes: dict[str, nn.Module], sample:
 
 
 @torch.inference_mode()
+def output_change(dense: nn.Module, approx: nn.Module, sample: torch.Tensor) -> float:
+    """The relative change of ``approx``'s output from ``dense``'s on ``sample``."""
+    return float(relative_change(approx(sample).double(), dense(sample).double()))
+
+
+@torch.inference_mode()
 def contributions(dense: nn.Module, approx: nn.Module, layers: list[str], sample: torch.Tensor) -> tuple[float, dict[str, float]]:
-    """(relative change of ``approx``'s output from ``dense``'s on ``sample``, and per named layer
-    the part of it that goes away when that layer alone computes its dense output again): each
-    layer's share of the error as the approximated network really compounds it."""
-    reference = dense(sample).double()
-    change = float(relative_change(approx(sample).double(), reference))
+    """(``output_change`` of ``approx``, and per named layer the part of it that goes away when
+    that layer alone computes its dense output again): each layer's share of the error as the
+    approximated network really compounds it."""
+    change = output_change(dense, approx, sample)
     shares = {}
     for name in layers:
         original = dense.get_submodule(name)
         hook = approx.get_submodule(name).register_forward_hook(lambda module, args, output, original=original:
                                                                 original(*args))
         try:
-            shares[name] = change - float(relative_change(approx(sample).double(), reference))
+            shares[name] = change - output_change(dense, approx, sample)
         finally:
             hook.remove()
     return change, shares
