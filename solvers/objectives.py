@@ -39,6 +39,8 @@ class Moments(NamedTuple):
     objective needs of E[x x_hat^T] and E[x x^T], at N/D of their cost. Both are None in the
     symmetric form, where they follow from second_hat. For a grouped convolution every array
     carries a leading group axis (each group's inputs and outputs alone); ``group`` picks one.
+    ``held_out``, when given, holds the same moments of a subset of the samples (included in
+    these), kept aside to judge a fit on samples it was not fitted to (``without_held_out``).
     """
 
     count: int
@@ -47,11 +49,26 @@ class Moments(NamedTuple):
     second_hat: np.ndarray
     output_cross: np.ndarray | None = None
     output_energy: float | None = None
+    held_out: "Moments | None" = None
 
     @classmethod
-    def symmetric(cls, count: int, mean: np.ndarray, second: np.ndarray) -> "Moments":
+    def symmetric(cls, count: int, mean: np.ndarray, second: np.ndarray,
+                  held_out: "Moments | None" = None) -> "Moments":
         """Moments for x_hat = x, from E[x] and E[x x^T]."""
-        return cls(count, mean, mean, second)
+        return cls(count, mean, mean, second, held_out=held_out)
+
+    def without_held_out(self) -> "Moments":
+        """The moments of the samples that are not in ``held_out`` (the means are weighted by
+        their counts, so the rest follows exactly); ProblemError when nothing is held out or
+        nothing is left."""
+        held = self.held_out
+        if held is None or not 0 < held.count < self.count:
+            raise ProblemError(f"these moments hold out {0 if held is None else held.count} of {self.count} "
+                               "patches; a held-out split needs some on each side")
+        rest = self.count - held.count
+        part = lambda whole, some: None if whole is None else (self.count * np.asarray(whole)
+                                                               - held.count * np.asarray(some)) / rest
+        return Moments(rest, *(part(getattr(self, field), getattr(held, field)) for field in self._fields[1:6]))
 
     @property
     def is_symmetric(self) -> bool:
@@ -68,7 +85,8 @@ class Moments(NamedTuple):
             return self
         pick = lambda value: None if value is None else value[index]
         return Moments(self.count, self.mean[index], self.mean_hat[index], self.second_hat[index],
-                       pick(self.output_cross), pick(self.output_energy))
+                       pick(self.output_cross), pick(self.output_energy),
+                       None if self.held_out is None else self.held_out.group(index))
 
     @property
     def dim(self) -> int:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from recon.errors import ConfigError
-from recon.methods.base import Fitted, Method, SolverOptions
+from recon.methods.base import RIDGE_GRID, Fitted, Method, SolverOptions
 from recon.methods.candidates import AUTO, Candidates, resolve_candidates
 from recon.methods.cp import CP
 from recon.methods.scheme1 import Scheme1
@@ -38,4 +38,4 @@ def for_module(module_class: type) -> Method:
     raise ConfigError(f"no method builds {module_class.__name__} modules")
 
 
-__all__ = ["AUTO", "Candidates", "Fitted", "Method", "REGISTRY", "SolverOptions", "for_module", "get", "resolve"]
+__all__ = ["AUTO", "Candidates", "Fitted", "Method", "REGISTRY", "RIDGE_GRID", "SolverOptions", "for_module", "get", "resolve"]

@@ -30,32 +30,52 @@ class SolverOptions:
 
     ``ridge``: data mode adds ridge * (mean input variance) * ||W_hat - W||^2 to the output
     error, so input directions the statistics do not see stay at the original weights
-    (``solvers.objectives.data_objective``); 0 is the plain data objective.
+    (``solvers.objectives.data_objective``); 0 is the plain data objective. A tuple of values
+    (e.g. ``RIDGE_GRID``) fits each layer with each of them on the statistics without their
+    held-out samples and keeps, per layer, the one whose fit loses least on the held-out ones.
     """
 
     lbfgs_iterations: int = 200
     schedule: LambdaSchedule = LambdaSchedule()
     cp_iterations: int = 200
     seed: int = 0
-    ridge: float = 1e-3
+    ridge: float | tuple[float, ...] = 1e-3
 
     def __post_init__(self) -> None:
         for name, low in (("lbfgs_iterations", 1), ("cp_iterations", 1), ("seed", 0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not low <= value < 2 ** 63:
                 raise ConfigError(f"{name} must be a whole number in {low}..2**63-1, got {value!r}")
-        if isinstance(self.ridge, bool) or not isinstance(self.ridge, (int, float, np.floating)):
-            raise ConfigError(f"ridge must be a finite number >= 0, got {self.ridge!r}")
-        if not (np.isfinite(self.ridge) and self.ridge >= 0):
-            raise ConfigError(f"ridge must be a finite number >= 0, got {self.ridge}")
+        if isinstance(self.ridge, (list, tuple)):
+            object.__setattr__(self, "ridge", tuple(self.ridge))
+        for ridge in self.ridges:
+            if isinstance(ridge, bool) or not isinstance(ridge, (int, float, np.floating)) or not (
+                    np.isfinite(ridge) and ridge >= 0):
+                raise ConfigError(f"ridge must be a finite number >= 0 or a non-empty tuple of them, got {self.ridge!r}")
+        if not self.ridges:
+            raise ConfigError("ridge must be a finite number >= 0 or a non-empty tuple of them, got ()")
         try:
             self.schedule.validate()
         except ValueError as err:
             raise ConfigError(str(err)) from None
 
+    @property
+    def ridges(self) -> tuple[float, ...]:
+        """The ridge values to try (one when ``ridge`` is a number)."""
+        return self.ridge if isinstance(self.ridge, tuple) else (self.ridge,)
+
+    def with_ridge(self, ridge: float) -> "SolverOptions":
+        """These options with one ``ridge``."""
+        return dataclasses.replace(self, ridge=float(ridge))
+
     def to_dict(self) -> dict[str, Any]:
+        ridge = list(self.ridge) if isinstance(self.ridge, tuple) else self.ridge
         return {"lbfgs_iterations": self.lbfgs_iterations, "schedule": self.schedule._asdict(),
-                "cp_iterations": self.cp_iterations, "seed": self.seed, "ridge": self.ridge}
+                "cp_iterations": self.cp_iterations, "seed": self.seed, "ridge": ridge}
+
+
+RIDGE_GRID = (1e-3, 1e-2, 1e-1, 1.0)
+"""The ridge values ``SolverOptions(ridge=RIDGE_GRID)`` (``--ridge held-out``) chooses from per layer."""
 
 
 class Fitted(NamedTuple):

@@ -314,7 +314,7 @@ def compress(model: nn.Module, data: DataSource | None = None, *, layers: LayerS
     def judge(record: LayerRecord, name: str) -> None:
         """Record the fold, warn about thin statistics, keep the layer dense when lossy or slow."""
         record.folded_batchnorm = folded.get(name)
-        _warn_about_statistics(record, solver.ridge)
+        _warn_about_statistics(record, min(solver.ridges))
         if record.output_variance_lost > max_output_loss and dense_when_lossy:
             record.dense_reason = f"output variance lost {record.output_variance_lost:.3f} > {max_output_loss:g}"
         elif name in guard_inputs:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections import defaultdict
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -15,6 +16,8 @@ from recon import methods
 from recon.errors import FitError, LayerError
 from recon.io.hashing import layer_sha256
 from recon.methods import Fitted, Method, SolverOptions
+from recon.nn import Geometry
+from recon.pipeline.observe import HELD_OUT_EVERY
 from recon.record import LayerRecord
 from solvers.conditioning import Conditioning, conditioning
 from solvers.errors import DivergenceError, ProblemError
@@ -89,7 +92,8 @@ def fit_layers(method: Method, layers: dict[str, nn.Module], ranks: dict[str, An
     """Fit ``method`` at ``ranks`` to ``layers`` (to their outputs where ``moments`` are given,
     with the bias refitted from the input means; a method that does not ``fits_data`` is fitted
     to the weights and refits only the bias). Layers that share a ``Method.batch_key`` are
-    solved in one batched call (their fit time is the batch's, split evenly). Records come back
+    solved in one batched call (their fit time is the batch's, split evenly); with several
+    ``options.ridges`` each layer's ridge is chosen first (``choose_ridges``). Records come back
     in the order of ``layers``, modules on each layer's device and dtype."""
     batches: dict[Any, list[str]] = defaultdict(list)
     for name, layer in layers.items():
@@ -97,19 +101,83 @@ def fit_layers(method: Method, layers: dict[str, nn.Module], ranks: dict[str, An
     records: dict[str, LayerRecord] = {}
     for names in batches.values():
         arrays = {name: layer_arrays(layers[name], name) for name in names}
-        rank, groups = ranks[names[0]], method.geometry(layers[names[0]]).groups
+        rank, geometry = ranks[names[0]], method.geometry(layers[names[0]])
+        groups = geometry.groups
+        data = {name: moments[name] if method.fits_data else None for name in names}
         start = time.perf_counter()
-        try:
-            fitted = method.fit_many([(arrays[name][0], moments[name] if method.fits_data else None) for name in names],
-                                     rank, options, groups)
-        except (ProblemError, DivergenceError, FitError) as err:
-            raise FitError(f"layer {', '.join(repr(n) for n in names)} ({method.name}, rank {rank}): {err}") from err
+        chosen = choose_ridges(method, geometry, arrays, data, rank, options)
+        fitted: dict[str, Fitted] = {}
+        for ridge, subset in _by_value({name: chosen[name].ridge for name in names}).items():
+            results = _solve(method, [(arrays[name][0], data[name]) for name in subset], rank,
+                             options.with_ridge(ridge), groups, subset)
+            fitted.update(zip(subset, results))
         seconds = (time.perf_counter() - start) / len(names)
-        for name, result in zip(names, fitted):
+        for name in names:
+            result = fitted[name]._replace(history={**fitted[name].history, **chosen[name].history()})
             shape = None if input_shapes is None else input_shapes[name]
             records[name] = _record(method, layers[name], name, result, *arrays[name], moments[name], seconds, shape,
                                     config or {})
     return {name: records[name] for name in layers}
+
+
+def _by_value(values: dict[str, Any]) -> dict[Any, list[str]]:
+    """The names of ``values`` grouped by their value."""
+    groups: dict[Any, list[str]] = defaultdict(list)
+    for name, value in values.items():
+        groups[value].append(name)
+    return groups
+
+
+def _solve(method: Method, problems: list[tuple[np.ndarray, Moments | None]], rank: Any, options: SolverOptions,
+           groups: int, names: list[str]) -> list[Fitted]:
+    """``method.fit_many``, its failures as a FitError naming the layers."""
+    try:
+        return method.fit_many(problems, rank, options, groups)
+    except (ProblemError, DivergenceError, FitError) as err:
+        raise FitError(f"layer {', '.join(repr(n) for n in names)} ({method.name}, rank {rank}): {err}") from err
+
+
+class RidgeChoice(NamedTuple):
+    """The ridge a layer is fitted with, and the held-out output variance lost with each tried
+    (empty when there was nothing to choose)."""
+
+    ridge: float
+    tried: tuple[tuple[float, float], ...] = ()
+
+    def history(self) -> dict[str, np.ndarray]:
+        """The table of tries, (ridge, held-out loss) rows, for the layer's stored history."""
+        return {"ridge_held_out_loss": np.array(self.tried)} if self.tried else {}
+
+
+def choose_ridges(method: Method, geometry: Geometry, arrays: dict[str, tuple[np.ndarray, np.ndarray | None]],
+                  moments: dict[str, Moments | None], rank: Any, options: SolverOptions) -> dict[str, RidgeChoice]:
+    """The ridge among ``options.ridges`` for each layer of one batch (``arrays``: weights and
+    bias by name, all of ``geometry``'s shape): fitted on its statistics without the held-out
+    samples, the one whose fit loses the least output variance on the held-out ones (bias
+    refitted on the rest). One ridge, filter mode or no held-out samples: the first (a warning
+    says so when there was a choice to make)."""
+    ridges, groups = options.ridges, geometry.groups
+    names = list(arrays)
+    if len(ridges) == 1 or all(moments[name] is None for name in names):
+        return {name: RidgeChoice(ridges[0]) for name in names}
+    unsplit = [name for name in names if moments[name].held_out is None or not
+               0 < moments[name].held_out.count < moments[name].count]
+    if unsplit:
+        warnings.warn(f"layer(s) {', '.join(unsplit)}: the statistics hold no held-out samples (fewer than "
+                      f"{HELD_OUT_EVERY} images?), so the ridge is not chosen: {ridges[0]} is used", stacklevel=3)
+        return {name: RidgeChoice(ridges[0]) for name in names}
+    rest = {name: moments[name].without_held_out() for name in names}
+    losses: dict[str, list[tuple[float, float]]] = {name: [] for name in names}
+    for ridge in ridges:
+        fitted = _solve(method, [(arrays[name][0], rest[name]) for name in names], rank, options.with_ridge(ridge),
+                        groups, names)
+        for name, result in zip(names, fitted):
+            weights, bias = arrays[name]
+            w_hat = to_numpy(method.build(geometry, result, None).dense_weight())
+            bias_hat = refit_biases(weights, bias, w_hat, rest[name], groups)
+            losses[name].append((ridge, output_variance_lost(weights, bias, w_hat, bias_hat, moments[name].held_out,
+                                                             groups)))
+    return {name: RidgeChoice(min(tried, key=lambda pair: pair[1])[0], tuple(tried)) for name, tried in losses.items()}
 
 
 def fit_layer(method: Method, layer: nn.Module, name: str, rank: Any, moments: Moments | None,

@@ -5,7 +5,8 @@ turns its layer's input into patches x of length D (C*kh*kw in the (c, y, x) ord
 flattened conv weight; the feature vector of a linear layer), keeps ``patches_per_image``
 seeded random locations of each sample (all when None), and adds them to float64 running
 sums of x and x x^T on the model's device. Memory is O(D^2) per layer whatever the number of
-images, and the data is read once whatever the number of layers.
+images, and the data is read once whatever the number of layers. Every fifth sample's patches
+are also summed apart (``Moments.held_out``), for choices judged on samples a fit did not see.
 
 ``AsymmetricSums`` gathers what the asymmetric objective needs for one layer: the same
 patches seen through the dense model (x) and through the partly approximated one (x_hat),
@@ -122,6 +123,43 @@ class _Sums:
     def mean(self, key: str):
         return (self.sums[key] / self.count).cpu().numpy()
 
+    def combined(self, other: "_Sums") -> "_Sums":
+        """The sums of both (``other`` empty or holding the same keys)."""
+        both = _Sums()
+        both.count = self.count + other.count
+        both.sums = {key: value + other.sums[key] if key in other.sums else value for key, value in self.sums.items()}
+        return both
+
+
+HELD_OUT_EVERY = 5
+"""Every fifth sample, in the order the data comes, is summed apart as well (``Moments.held_out``),
+so a fit can be judged on samples it was not fitted to (the per-layer ridge choice)."""
+
+
+class _Folds:
+    """The running sums of one layer's patches in two folds: the held-out samples (every
+    ``HELD_OUT_EVERY``-th) and the rest; the moments are those of both, the held-out fold's
+    alongside. Costs nothing extra: each patch is summed once, in its fold."""
+
+    def __init__(self) -> None:
+        self.kept, self.held, self.samples = _Sums(), _Sums(), 0
+
+    @property
+    def count(self) -> int:
+        return self.kept.count + self.held.count
+
+    def split(self, batch: int, rows: torch.Tensor) -> list[tuple[_Sums, torch.Tensor]]:
+        """(fold, its rows) of the sample-major patch rows of a batch of ``batch`` samples."""
+        held = torch.arange(self.samples, self.samples + batch) % HELD_OUT_EVERY == HELD_OUT_EVERY - 1
+        self.samples += batch
+        mask = held.repeat_interleave(rows.shape[0] // batch).to(rows.device)
+        return [(fold, rows[part]) for fold, part in ((self.kept, ~mask), (self.held, mask)) if bool(part.any())]
+
+    def moments(self, build: Callable[[_Sums], Moments]) -> Moments:
+        """``build`` of all the sums, with the held-out fold's as ``held_out`` (None if empty)."""
+        whole = build(self.kept.combined(self.held))
+        return whole._replace(held_out=build(self.held) if self.held.count else None)
+
 
 class _InputHook:
     """A forward pre-hook that hands each input of one module to ``consume``."""
@@ -155,18 +193,18 @@ def observe(model: nn.Module, data: Batches | DataSource, layers: list[str] | st
         layers = [name for name, module in model.named_modules() if isinstance(module, (nn.Conv2d, nn.Linear))]
     parameter = next(model.parameters())
     batches = data if isinstance(data, Batches) else Batches(data, samples, parameter.device, parameter.dtype)
-    sums = {name: _Sums() for name in layers}
+    sums = {name: _Folds() for name in layers}
     samplers = {name: PatchSampler(name, geometry_of(model.get_submodule(name)), patches_per_image, seed)
                 for name in layers}
 
     def consumer(name: str):
         def consume(inputs: torch.Tensor) -> None:
-            sampler, total = samplers[name], sums[name]
+            sampler = samplers[name]
             groups = sampler.geometry.groups
-            x = sampler.patches(inputs, sampler.draw(inputs))
-            total.count += x.shape[0]
-            total.add("x", first_moments(x, groups))
-            total.add("xx", second_moments(x, groups))
+            for total, x in sums[name].split(inputs.shape[0], sampler.patches(inputs, sampler.draw(inputs))):
+                total.count += x.shape[0]
+                total.add("x", first_moments(x, groups))
+                total.add("xx", second_moments(x, groups))
         return consume
 
     hooks = [_InputHook(model.get_submodule(name), consumer(name)) for name in layers]
@@ -179,10 +217,11 @@ def observe(model: nn.Module, data: Batches | DataSource, layers: list[str] | st
         for hook in hooks:
             hook.remove()
     _check_seen(sums)
-    return {name: Moments.symmetric(total.count, total.mean("x"), total.mean("xx")) for name, total in sums.items()}
+    symmetric = lambda total: Moments.symmetric(total.count, total.mean("x"), total.mean("xx"))
+    return {name: folds.moments(symmetric) for name, folds in sums.items()}
 
 
-def _check_seen(sums: dict[str, _Sums]) -> None:
+def _check_seen(sums: dict[str, _Folds]) -> None:
     unseen = [name for name, total in sums.items() if total.count == 0]
     if unseen:
         raise DataError(f"layer(s) {', '.join(unseen)} never ran while the data went through the model")
@@ -225,28 +264,29 @@ class AsymmetricSums:
         self.groups = self.sampler.geometry.groups
         self.weights = dense_layer.weight.detach().reshape(self.groups, dense_layer.weight.shape[0] // self.groups,
                                                            -1).double()
-        self.total = _Sums()
+        self.folds = _Folds()
 
     def add(self, dense_inputs: torch.Tensor, approx_inputs: torch.Tensor) -> None:
         """Add one batch: the layer's inputs in the dense and in the approximated model."""
         locations = self.sampler.draw(dense_inputs)
-        x = self.sampler.patches(dense_inputs, locations)
-        x_hat = self.sampler.patches(approx_inputs, locations)
-        outputs = grouped(x, self.groups) @ self.weights.transpose(1, 2)  # (G, P, N / G)
-        total = self.total
-        total.count += x.shape[0]
-        total.add("x", first_moments(x, self.groups))
-        total.add("x_hat", first_moments(x_hat, self.groups))
-        total.add("xx_hat", second_moments(x_hat, self.groups))
-        total.add("yx_hat", outputs.transpose(1, 2) @ grouped(x_hat, self.groups))
-        total.add("yy", (outputs * outputs).sum((1, 2)))
+        both = torch.cat([self.sampler.patches(dense_inputs, locations), self.sampler.patches(approx_inputs, locations)],
+                         1)
+        for total, rows in self.folds.split(dense_inputs.shape[0], both):
+            x, x_hat = rows.chunk(2, 1)
+            outputs = grouped(x, self.groups) @ self.weights.transpose(1, 2)  # (G, P, N / G)
+            total.count += x.shape[0]
+            total.add("x", first_moments(x, self.groups))
+            total.add("x_hat", first_moments(x_hat, self.groups))
+            total.add("xx_hat", second_moments(x_hat, self.groups))
+            total.add("yx_hat", outputs.transpose(1, 2) @ grouped(x_hat, self.groups))
+            total.add("yy", (outputs * outputs).sum((1, 2)))
 
     def moments(self) -> Moments:
-        total = self.total
-        _check_seen({self.sampler.name: total})
+        _check_seen({self.sampler.name: self.folds})
         single = (lambda value: value[0]) if self.groups == 1 else (lambda value: value)
-        return Moments(total.count, total.mean("x"), total.mean("x_hat"), total.mean("xx_hat"),
-                       single(total.mean("yx_hat")), single(total.mean("yy")))
+        build = lambda total: Moments(total.count, total.mean("x"), total.mean("x_hat"), total.mean("xx_hat"),
+                                      single(total.mean("yx_hat")), single(total.mean("yy")))
+        return self.folds.moments(build)
 
 
 def observe_asymmetric(model: nn.Module, approx: nn.Module, batches: Batches, layer: str,
