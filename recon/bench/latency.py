@@ -6,15 +6,25 @@ rate of wide ones), so rank allocation works from these tables instead. A table 
 everything that changes it (backend, method, geometry, input shape with the batch, memory
 format, dtype, device, threads, torch version) and cached in a JSON file that later runs reuse:
 ``$RECON_CACHE_DIR/latency.json``, default ``~/.cache/recon/latency.json``.
+
+A busy machine must not poison that file: a table is timed in ``ROUNDS`` separate round-robins
+and keeps their scatter (``spread``) with the load average and the time it took; a table that
+scatters more than ``UNSTABLE`` serves the run that timed it but is not cached. A cached table
+is re-checked before each reuse (the dense layer against one mid rank, a few short rounds) and
+timed again when the ratio has moved by more than ``DISAGREE`` plus its spread.
+``python -m recon.cache`` lists and clears the file.
 """
 from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Callable
+import logging
 import os
 import platform
-from dataclasses import dataclass
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,8 +39,13 @@ from recon.errors import ConfigError
 from recon.io.atomic import exclusive, replace_atomically
 from recon.methods import Method
 
+LOG = logging.getLogger("recon")
 GRID_POINTS = 8  # ranks timed per layer, spaced geometrically from 1 to the largest useful rank
-REPEATS = 15  # alternating calls per module
+REPEATS = 15  # alternating calls per module, over all rounds
+ROUNDS = 3  # separate round-robins per table: their scatter is the table's spread
+UNSTABLE = 0.25  # a table whose low-rank / dense ratios scatter more than this between rounds is not cached
+CHECK_ROUNDS, CHECK_REPEATS = 3, 5  # the re-check of a cached table: dense against one mid rank
+DISAGREE = 0.25  # re-time a cached table whose mid-rank ratio moved by more than this (plus its spread)
 BACKENDS = ("torch", "onnxruntime")  # torch eager in the chosen memory format; onnxruntime's CPU provider
 
 
@@ -63,52 +78,115 @@ def rank_grid(max_rank: int, points: int = GRID_POINTS) -> list[int]:
 
 @dataclass(frozen=True)
 class LayerLatency:
-    """Seconds per call of a dense layer and of its low-rank module at the timed ``ranks``."""
+    """Seconds per call of a dense layer and of its low-rank module at the timed ``ranks``
+    (medians over rounds); ``spread``: the largest relative range, over the ranks, of the
+    low-rank / dense ratio between rounds; ``load``: the 1-minute load average when timed;
+    ``timed_seconds``: how long timing the table took."""
 
     dense: float
     ranks: tuple[int, ...]
     seconds: tuple[float, ...]
+    spread: float = 0.0
+    load: float | None = None
+    timed_seconds: float = 0.0
 
     def at(self, rank: int | np.ndarray) -> float | np.ndarray:
         """Seconds at ``rank``, linear between the timed ranks (flat beyond them)."""
         return np.interp(rank, self.ranks, self.seconds)
 
+    @property
+    def stable(self) -> bool:
+        return self.spread <= UNSTABLE
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "ranks": list(self.ranks), "seconds": list(self.seconds)}
+
+    @classmethod
+    def from_json(cls, entry: dict | list) -> "LayerLatency":
+        """A table as ``to_json`` writes it (or as older caches did: [dense, ranks, seconds],
+        of unknown spread, which the re-check before reuse judges)."""
+        if isinstance(entry, list):
+            dense, ranks, seconds = entry
+            entry = {"dense": dense, "ranks": ranks, "seconds": seconds}
+        table = cls(float(entry["dense"]), tuple(int(r) for r in entry["ranks"]),
+                    tuple(float(s) for s in entry["seconds"]), float(entry.get("spread", 0.0)),
+                    None if entry.get("load") is None else float(entry["load"]), float(entry.get("timed_seconds", 0.0)))
+        values = [table.dense, *table.seconds, table.spread]
+        if len(table.ranks) != len(table.seconds) or not table.ranks or not all(
+                np.isfinite(v) and v >= 0 for v in values) or list(table.ranks) != sorted(set(table.ranks)):
+            raise ValueError("not a latency table")
+        return table
+
 
 class LatencyCache:
-    """Latency tables by key, read from and merged into a JSON file (None: this run only)."""
+    """Latency tables by key, read from and merged into a JSON file (None: this run only).
+
+    ``put`` keeps a stable table for the file and an unstable one for this run only; ``drop``
+    forgets a cached table that its re-check refuted, in the file too at ``save``."""
 
     def __init__(self, path: Path | None = None) -> None:
         self.path = path
         self.tables: dict[str, LayerLatency] = {}
         self.added: dict[str, LayerLatency] = {}
+        self.dropped: set[str] = set()
+        self.unstable: dict[str, LayerLatency] = {}
+        self.checked: set[str] = set()
         if path is not None and path.is_file():
-            self.tables = _read(path)
+            self.tables = read_cache(path)
 
     def get(self, key: str) -> LayerLatency | None:
         return self.tables.get(key)
 
     def put(self, key: str, table: LayerLatency) -> None:
-        self.tables[key] = self.added[key] = table
+        self.tables[key] = table
+        self.checked.add(key)
+        if table.stable:
+            self.added[key] = table
+        else:
+            self.unstable[key] = table
+            self.added.pop(key, None)
+
+    def drop(self, key: str) -> None:
+        self.tables.pop(key, None)
+        self.dropped.add(key)
 
     def save(self) -> None:
-        """Merge the tables timed in this run into the file, under its lock (other runs may write too)."""
-        if self.path is None or not self.added:
+        """Merge the tables timed in this run into the file, under its lock (other runs may
+        write too); a folder that cannot be written costs a warning, never the run."""
+        if self.path is None or not (self.added or self.dropped):
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with exclusive(self.path) as target:
-            merged = {**(_read(target) if target.is_file() else {}), **self.added}
-            payload = {key: [t.dense, list(t.ranks), list(t.seconds)] for key, t in merged.items()}
-            replace_atomically(target, lambda temporary: temporary.write_text(json.dumps(payload, indent=0)))
-        self.added = {}
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with exclusive(self.path) as target:
+                merged = {**(read_cache(target) if target.is_file() else {}), **self.added}
+                payload = {key: t.to_json() for key, t in merged.items() if key not in self.dropped - set(self.added)}
+                replace_atomically(target, lambda temporary: temporary.write_text(json.dumps(payload, indent=0)))
+        except OSError as err:
+            LOG.warning("warning: the latency cache %s cannot be written (%s); the tables serve this run only",
+                        self.path, err)
+        self.added, self.dropped = {}, set()
 
 
-def _read(path: Path) -> dict[str, LayerLatency]:
-    """The tables of a cache file; an unreadable file counts as empty (it is only a cache)."""
+def unstable_warning(tables) -> str:
+    """What to tell the user about latency tables that scattered too much to be cached."""
+    tables = list(tables)
+    worst = max(table.spread for table in tables)
+    return (f"warning: timings unstable: {len(tables)} latency table(s) scattered by up to {100 * worst:.0f}% between "
+            f"rounds (load average {os.getloadavg()[0]:.1f}); they serve this run only and are not cached. Is another "
+            "process using the CPU? The rank allocation may miss its target; run again on a quiet machine")
+
+
+def read_cache(path: Path) -> dict[str, LayerLatency]:
+    """The tables of a cache file; a damaged or foreign file counts as empty, with a warning
+    (it is only a cache: the next save rewrites it atomically)."""
     try:
         payload = json.loads(path.read_text())
-        return {key: LayerLatency(float(d), tuple(int(r) for r in ranks), tuple(float(s) for s in seconds))
-                for key, (d, ranks, seconds) in payload.items()}
-    except (OSError, ValueError, TypeError, AttributeError):
+        if not isinstance(payload, dict):
+            raise ValueError("not a JSON object")
+        return {str(key): LayerLatency.from_json(entry) for key, entry in payload.items()}
+    except (OSError, ValueError, TypeError, AttributeError, KeyError) as err:
+        LOG.warning("warning: ignoring the latency cache %s, which is not a readable cache file (%s); "
+                    "it is rewritten when tables are saved", path, err)
         return {}
 
 
@@ -138,18 +216,46 @@ def table_key(method: Method, layer: nn.Module, inputs: torch.Tensor, channels_l
 def layer_latency(method: Method, layer: nn.Module, inputs: torch.Tensor, channels_last: bool = False,
                   cache: LatencyCache | None = None, repeats: int = REPEATS, backend: str = "torch") -> LayerLatency:
     """The latency table of ``method`` on ``layer`` for the batch ``inputs`` (its real input)
-    on ``backend``, from ``cache`` when it holds one; the dense layer and the modules at every
-    grid rank are timed in one round-robin, so they share drift."""
+    on ``backend``: from ``cache`` when it holds one that its re-check confirms, else timed
+    (the dense layer and the modules at every grid rank in one round-robin per round, so they
+    share drift) and put in ``cache``."""
     key = table_key(method, layer, inputs, channels_last, backend)
-    if cache is not None and cache.get(key) is not None:
-        return cache.get(key)
+    cached = None if cache is None else cache.get(key)
+    if cached is not None:
+        if key in cache.checked or _confirmed(cached, method, layer, inputs, channels_last, backend):
+            cache.checked.add(key)
+            return cached
+        cache.drop(key)
     geometry = method.geometry(layer)
     ranks = rank_grid(method.max_rank(geometry))
-    modules = [random_module(method, geometry, rank, bias=layer.bias is not None).to(layer.weight.device,
-                                                                                      layer.weight.dtype)
-               for rank in ranks]
-    dense, *seconds = latencies(backend)([layer, *modules], inputs, repeats, channels_last=channels_last)
-    table = LayerLatency(dense, tuple(ranks), tuple(seconds))
+    modules = [_module(method, layer, rank) for rank in ranks]
+    start = time.perf_counter()
+    rounds = [latencies(backend)([layer, *modules], inputs, max(1, repeats // ROUNDS), channels_last=channels_last)
+              for _ in range(ROUNDS)]
+    dense = statistics.median(times[0] for times in rounds)
+    seconds = tuple(statistics.median(times[i] for times in rounds) for i in range(1, len(modules) + 1))
+    ratios = [[times[i] / times[0] for times in rounds] for i in range(1, len(modules) + 1)]
+    spread = max((max(r) - min(r)) / statistics.median(r) for r in ratios)
+    table = LayerLatency(dense, tuple(ranks), seconds, spread, os.getloadavg()[0], time.perf_counter() - start)
     if cache is not None:
         cache.put(key, table)
     return table
+
+
+def _module(method: Method, layer: nn.Module, rank: int) -> nn.Module:
+    """A low-rank module of ``method`` at ``rank`` for ``layer``'s geometry, on its device and dtype."""
+    return random_module(method, method.geometry(layer), rank, bias=layer.bias is not None).to(layer.weight.device,
+                                                                                                 layer.weight.dtype)
+
+
+def _confirmed(table: LayerLatency, method: Method, layer: nn.Module, inputs: torch.Tensor, channels_last: bool,
+               backend: str) -> bool:
+    """Whether the dense layer against the table's middle rank, timed now in a few short rounds,
+    still shows the table's ratio (within ``DISAGREE`` plus the table's spread)."""
+    rank = table.ranks[len(table.ranks) // 2]
+    module = _module(method, layer, rank)
+    measured = statistics.median(low / dense for dense, low in (
+        latencies(backend)([layer, module], inputs, CHECK_REPEATS, channels_last=channels_last)
+        for _ in range(CHECK_ROUNDS)))
+    expected = float(table.at(rank)) / table.dense
+    return abs(measured / expected - 1) <= DISAGREE + table.spread

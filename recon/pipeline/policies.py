@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from recon.bench.latency import (LatencyCache, LayerLatency, check_backend, default_cache_path, latencies,
-                                 layer_latency)
+                                 layer_latency, unstable_warning)
 from recon.bench.placeholders import timing_model
 from recon.bench.timing import capture_layer_inputs
 from recon.errors import ConfigError, FitError
@@ -351,6 +351,8 @@ class TargetSpeedup(RankPolicy):
                                                self.channels_last, cache, backend=self.backend)
                          for method in problem.methods[name]} for name in problem.layers}
         cache.save()
+        if cache.unstable:
+            self._report(unstable_warning(cache.unstable.values()))
         quick = _QuickModules(problem)
         several = len({method for candidates in problem.methods.values() for method in candidates}) > 1
         curves = {name: {method: self._curve(problem, name, method, tables[name][method], quick, several)
