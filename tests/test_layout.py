@@ -3,7 +3,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-ENTRY_POINTS = {"recon.fit", "recon.evaluate", "recon.export", "recon.finetune"}
+ENTRY_POINTS = {"recon.fit", "recon.evaluate", "recon.export", "recon.finetune", "recon.cache"}
 
 
 def module_name(path: Path) -> str:
