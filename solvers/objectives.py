@@ -57,18 +57,23 @@ class Moments(NamedTuple):
         """Moments for x_hat = x, from E[x] and E[x x^T]."""
         return cls(count, mean, mean, second, held_out=held_out)
 
+    @property
+    def has_held_out(self) -> bool:
+        """Whether ``held_out`` splits these moments: some patches on each side."""
+        return self.held_out is not None and 0 < self.held_out.count < self.count
+
     def without_held_out(self) -> "Moments":
         """The moments of the samples that are not in ``held_out`` (the means are weighted by
-        their counts, so the rest follows exactly); ProblemError when nothing is held out or
-        nothing is left."""
+        their counts, so the rest follows exactly); ProblemError unless ``has_held_out``."""
         held = self.held_out
-        if held is None or not 0 < held.count < self.count:
+        if not self.has_held_out:
             raise ProblemError(f"these moments hold out {0 if held is None else held.count} of {self.count} "
                                "patches; a held-out split needs some on each side")
         rest = self.count - held.count
-        part = lambda whole, some: None if whole is None else (self.count * np.asarray(whole)
-                                                               - held.count * np.asarray(some)) / rest
-        return Moments(rest, *(part(getattr(self, field), getattr(held, field)) for field in self._fields[1:6]))
+        part = lambda field: None if getattr(self, field) is None else (
+            self.count * np.asarray(getattr(self, field)) - held.count * np.asarray(getattr(held, field))) / rest
+        return Moments(rest, *(part(field) for field in ("mean", "mean_hat", "second_hat", "output_cross",
+                                                         "output_energy")))
 
     @property
     def is_symmetric(self) -> bool:

@@ -159,7 +159,7 @@ class LatencyCache:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with exclusive(self.path) as target:
                 merged = {**(read_cache(target) if target.is_file() else {}), **self.added}
-                payload = {key: t.to_json() for key, t in merged.items() if key not in self.dropped - set(self.added)}
+                payload = {key: t.to_json() for key, t in merged.items() if key in self.added or key not in self.dropped}
                 replace_atomically(target, lambda temporary: temporary.write_text(json.dumps(payload, indent=0)))
         except OSError as err:
             LOG.warning("warning: the latency cache %s cannot be written (%s); the tables serve this run only",

@@ -160,8 +160,7 @@ def choose_ridges(method: Method, geometry: Geometry, arrays: dict[str, tuple[np
     names = list(arrays)
     if len(ridges) == 1 or all(moments[name] is None for name in names):
         return {name: RidgeChoice(ridges[0]) for name in names}
-    unsplit = [name for name in names if moments[name].held_out is None or not
-               0 < moments[name].held_out.count < moments[name].count]
+    unsplit = [name for name in names if not moments[name].has_held_out]
     if unsplit:
         warnings.warn(f"layer(s) {', '.join(unsplit)}: the statistics hold no held-out samples (fewer than "
                       f"{HELD_OUT_EVERY} images?), so the ridge is not chosen: {ridges[0]} is used", stacklevel=3)

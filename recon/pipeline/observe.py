@@ -148,12 +148,15 @@ class _Folds:
     def count(self) -> int:
         return self.kept.count + self.held.count
 
-    def split(self, batch: int, rows: torch.Tensor) -> list[tuple[_Sums, torch.Tensor]]:
-        """(fold, its rows) of the sample-major patch rows of a batch of ``batch`` samples."""
+    def split(self, batch: int, *rows: torch.Tensor) -> list[tuple[_Sums, list[torch.Tensor]]]:
+        """(fold, its rows of each of ``rows``) for sample-major patch rows of a batch of
+        ``batch`` samples (several tensors: the same rows of each)."""
         held = torch.arange(self.samples, self.samples + batch) % HELD_OUT_EVERY == HELD_OUT_EVERY - 1
         self.samples += batch
-        mask = held.repeat_interleave(rows.shape[0] // batch).to(rows.device)
-        return [(fold, rows[part]) for fold, part in ((self.kept, ~mask), (self.held, mask)) if bool(part.any())]
+        held_samples = int(held.sum())
+        mask = held.repeat_interleave(rows[0].shape[0] // batch).to(rows[0].device)
+        folds = ((self.kept, ~mask, batch - held_samples), (self.held, mask, held_samples))
+        return [(fold, [tensor[part] for tensor in rows]) for fold, part, samples in folds if samples]
 
     def moments(self, build: Callable[[_Sums], Moments]) -> Moments:
         """``build`` of all the sums, with the held-out fold's as ``held_out`` (None if empty)."""
@@ -201,7 +204,7 @@ def observe(model: nn.Module, data: Batches | DataSource, layers: list[str] | st
         def consume(inputs: torch.Tensor) -> None:
             sampler = samplers[name]
             groups = sampler.geometry.groups
-            for total, x in sums[name].split(inputs.shape[0], sampler.patches(inputs, sampler.draw(inputs))):
+            for total, (x,) in sums[name].split(inputs.shape[0], sampler.patches(inputs, sampler.draw(inputs))):
                 total.count += x.shape[0]
                 total.add("x", first_moments(x, groups))
                 total.add("xx", second_moments(x, groups))
@@ -269,10 +272,8 @@ class AsymmetricSums:
     def add(self, dense_inputs: torch.Tensor, approx_inputs: torch.Tensor) -> None:
         """Add one batch: the layer's inputs in the dense and in the approximated model."""
         locations = self.sampler.draw(dense_inputs)
-        both = torch.cat([self.sampler.patches(dense_inputs, locations), self.sampler.patches(approx_inputs, locations)],
-                         1)
-        for total, rows in self.folds.split(dense_inputs.shape[0], both):
-            x, x_hat = rows.chunk(2, 1)
+        x_all, x_hat_all = (self.sampler.patches(inputs, locations) for inputs in (dense_inputs, approx_inputs))
+        for total, (x, x_hat) in self.folds.split(dense_inputs.shape[0], x_all, x_hat_all):
             outputs = grouped(x, self.groups) @ self.weights.transpose(1, 2)  # (G, P, N / G)
             total.count += x.shape[0]
             total.add("x", first_moments(x, self.groups))
