@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from benchmarks import (accuracy, accuracy_vs_speedup, degenerate, forward_variants, frontier, guard,
                         inference_speed, residual_time, resnet20, resnet20_frontier, resnet56_fit, resnet56_target,
+                        ridge_choice,
                         solver_devices, solver_vs_cvxpy, statistics, target_speedup)
 
 
@@ -29,6 +30,7 @@ def main() -> None:
     resnet20.main(["--targets", "1.5", "--max-output-change", "0.3"])
     resnet20.main(["--max-output-change", "none"])
     resnet20_frontier.main([])
+    ridge_choice.main([])
     resnet20.main(["--model", "fmnist-resnet", "--targets", "2"])
     residual_time.main([])
     resnet56_fit.main([])
