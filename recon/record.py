@@ -70,6 +70,23 @@ def filter_energy_lost(layer: nn.Module, module: LowRankModule) -> float:
     return lost / energy if energy > 0 else (0.0 if lost == 0 else math.inf)
 
 
+def error_changed(record: LayerRecord, recomputed: float) -> bool:
+    """Whether the weight error ``recomputed`` from a record's factors is not the one recorded at
+    fit time (beyond the rounding of float32 factors and of the file)."""
+    return not abs(recomputed - record.filter_energy_lost) <= 1e-4 + 1e-3 * abs(record.filter_energy_lost)
+
+
+def current_record(record: LayerRecord, original: nn.Module, module: LowRankModule) -> LayerRecord:
+    """``record`` for ``module`` as it is now (trained, calibrated or edited after the fit): the
+    weight error measured again against ``original``, the dense layer it replaces; a module
+    that changed is marked fine-tuned, and the fit's output error no longer applies to it."""
+    recomputed = filter_energy_lost(original, module)
+    if not error_changed(record, recomputed) and module is record.module:
+        return record
+    return dataclasses.replace(record, module=module, mode="finetuned", filter_energy_lost=recomputed,
+                               output_variance_lost=math.nan)
+
+
 def retrained_records(dense: nn.Module, trained: nn.Module, records: dict[str, LayerRecord],
                       mode: str) -> list[LayerRecord]:
     """The records of ``trained``'s low-rank layers after calibration or fine-tuning (``mode``):

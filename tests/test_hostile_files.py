@@ -195,6 +195,7 @@ def test_compress_arguments_are_checked_before_any_work(options, message):
 
 @pytest.mark.parametrize("settings, message", [
     ({"seed": "a"}, "seed must be a whole number"), ({"seed": -1}, "seed must be a whole number"),
+    ({"seed": 2 ** 32}, r"seed must be a whole number in 0..2\*\*32-1"),
     ({"lbfgs_iterations": 2.5}, "lbfgs_iterations must be a whole number"), ({"ridge": "big"}, "ridge must be"),
 ])
 def test_solver_options_are_checked_when_made(settings, message):

@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 
 from recon.errors import ConfigError, ReconError
-from recon.pipeline.compress import check_device
+from recon.methods.base import SEED_BITS
+from recon.pipeline.compress import MAX_TIMING_BATCH, check_device
 
 INTERRUPTED = "interrupted: files written before were not damaged"
 
@@ -28,11 +29,28 @@ def nonnegative_int(text: str) -> int:
     return _bounded_int(text, 0)
 
 
-def _bounded_int(text: str, minimum: int) -> int:
+def whole_number(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+    """argparse type: a whole number in minimum..maximum (no upper bound when None)."""
+    return lambda text: _bounded_int(text, minimum, maximum)
+
+
+def seed(text: str) -> int:
+    """argparse type: a random seed, 0..2**32-1."""
+    return _bounded_int(text, 0, 2 ** SEED_BITS - 1)
+
+
+def timing_batch(text: str) -> int:
+    """argparse type: the batch size of a timing, 1..MAX_TIMING_BATCH (a larger one only allocates more)."""
+    return _bounded_int(text, 1, MAX_TIMING_BATCH)
+
+
+def _bounded_int(text: str, minimum: int, maximum: int | None = None) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if maximum is not None and not minimum <= value <= maximum:
+        raise argparse.ArgumentTypeError(f"must be in {minimum}..{maximum}, got {value}")
     if value < minimum:
         raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
     return value
@@ -73,18 +91,30 @@ def input_size(text: str) -> tuple[int, ...]:
 
 
 def device(text: str) -> torch.device:
-    """argparse type: a torch device that exists here (``recon.pipeline.compress.check_device``)."""
+    """argparse type: a torch device that exists here (``recon.pipeline.compress.check_device``)
+    and can hold a tensor in this torch build."""
     try:
-        return check_device(text)
+        return _usable(check_device(text))
     except ConfigError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _usable(where: torch.device) -> torch.device:
+    """``where``, once a one-element tensor was made there; a ConfigError when it cannot be."""
+    try:
+        torch.zeros(1, device=where)
+    except Exception as err:  # each backend this build lacks fails in its own way
+        reason = str(err).splitlines()[0].split(". ")[0] if str(err) else ""
+        raise ConfigError(f"device {str(where)!r} cannot be used here ({type(err).__name__}: {reason}); use cpu "
+                          "or a cuda device this machine has") from None
+    return where
 
 
 def enable_compilation_cache() -> Path | None:
     """Keep compiled solvers on disk between runs (JAX's persistent compilation cache), in
     $RECON_JAX_CACHE or ~/.cache/recon/jax (private to the user: a compilation cache is code
-    that will run); RECON_JAX_CACHE=off disables it. The first run of a shape compiles, later
-    runs load."""
+    that will run: a folder others can write to is not used, with a warning);
+    RECON_JAX_CACHE=off disables it. The first run of a shape compiles, later runs load."""
     import jax
 
     setting = os.environ.get("RECON_JAX_CACHE", "")
@@ -93,7 +123,15 @@ def enable_compilation_cache() -> Path | None:
     folder = Path(setting) if setting else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "recon" / "jax"
     try:
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        status = folder.stat()
     except OSError:
+        return None
+    if status.st_mode & 0o022 or status.st_uid != os.getuid():
+        logging.getLogger("recon").warning(
+            "warning: the JAX compilation cache %s is not private (%s, mode %o): others could plant code that later runs "
+            "load, so it is not used; make it yours with chmod 700, or set RECON_JAX_CACHE to another folder",
+            folder, "owned by another user" if status.st_uid != os.getuid() else "writable by others",
+            status.st_mode & 0o777)
         return None
     jax.config.update("jax_compilation_cache_dir", str(folder))
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)

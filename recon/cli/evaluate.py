@@ -29,7 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--dense", action="store_true", help="evaluate the dense model only")
     target.add_argument("--bases", type=Path, help="bases file to compare against the dense model")
     parser.add_argument("--model", default="fmnist-alexnet", help="bundled model name")
-    parser.add_argument("--batch-size", type=common.positive_int, default=32, help="batch size for latency")
+    parser.add_argument("--batch-size", type=common.timing_batch, default=32,
+                        help=f"batch size for latency (at most {common.MAX_TIMING_BATCH})")
     parser.add_argument("--repeats", type=common.positive_int, default=20, help="timed repetitions per measurement")
     parser.add_argument("--limit", type=common.positive_int, help="evaluate accuracy on the first N test images only")
     parser.add_argument("--device", type=common.device, help="run on this device (e.g. cuda); default: cpu")

@@ -53,7 +53,9 @@ def export(args: argparse.Namespace) -> int:
     size = args.input_size or sources.input_size(args.model)
     if size is None:
         raise ConfigError("--input-size is needed for a user model (e.g. 3x32x32)")
-    model = apply_bases(copy.deepcopy(sources.load_model(args.model, args.weights)), args.bases, args.allow_mismatch)
+    dense = sources.load_model(args.model, args.weights)
+    sources.check_input_size(dense, size)
+    model = apply_bases(copy.deepcopy(dense), args.bases, args.allow_mismatch)
     export_onnx(model, torch.zeros(1, *size), args.out)
     print(f"wrote {args.out}")
     return 0

@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, help="bases file to write (default: FILE with .finetuned.h5)")
     parser.add_argument("--model", default="fmnist-alexnet", help="bundled model name")
     parser.add_argument("--device", type=common.device, help="train on this device (e.g. cuda); default: cpu")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=common.seed, default=0, help="seed for shuffling and training (0..2**32-1)")
     parser.add_argument("--force", action="store_true",
                         help="replace --out even when it is not a bases file of this model (e.g. a checkpoint)")
     return parser

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,8 @@ from solvers.schedule import LambdaSchedule
 LOG = logging.getLogger("recon")
 SCHEDULE = LambdaSchedule()
 TARGET_MISSED = 3  # exit status when --target-speedup was not reached (the bases are saved all the same)
+LATENCY_BACKEND = "torch"  # the default --latency-backend; another one only applies with --target-speedup
+CALIBRATION_MIN_SAMPLES = 2  # recon.pipeline.calibrate holds at least one out and trains on the rest
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="data mode: fit each layer to inputs from the already approximated network")
     how.add_argument("--patches-per-image", type=common.nonnegative_int, default=32,
                      help="patch locations sampled per sample for statistics (0: all)")
-    how.add_argument("--seed", type=int, default=0, help="seed for patch sampling and CP")
+    how.add_argument("--seed", type=common.seed, default=0, help="seed for patch sampling and CP (0..2**32-1)")
     how.add_argument("--lbfgs-iterations", type=common.positive_int, default=200,
                      help="scheme2 data mode: L-BFGS iterations")
     how.add_argument("--cp-iterations", type=common.positive_int, default=200, help="cp: ALS iterations")
@@ -106,23 +109,25 @@ def build_parser() -> argparse.ArgumentParser:
     timing.add_argument("--guard", action="store_true",
                         help="time each fitted layer against its dense layer (batch of --guard-batch) and keep the "
                         "dense layer unless the low-rank one is at least --min-speedup times faster")
-    timing.add_argument("--guard-batch", type=common.positive_int, default=32,
-                        help="batch size the guard and --target-speedup time with")
+    timing.add_argument("--guard-batch", type=common.timing_batch, default=32,
+                        help=f"batch size the guard and --target-speedup time with (at most {common.MAX_TIMING_BATCH})")
     timing.add_argument("--min-speedup", type=common.positive_float, default=1.05,
                         help="the guard keeps a low-rank layer only when at least this much faster")
     timing.add_argument("--channels-last", action="store_true",
                         help="time in the channels_last memory format (on CPUs the faster layout for dense and "
                         "low-rank models alike; time in the format your inference code uses)")
-    timing.add_argument("--latency-backend", choices=BACKENDS, default="torch",
+    timing.add_argument("--latency-backend", choices=BACKENDS, default=LATENCY_BACKEND,
                         help="where --target-speedup times layers and models: torch eager, or onnxruntime's CPU "
-                        "provider (each module exported to ONNX; for models deployed with onnxruntime)")
+                        "provider (each module exported to ONNX; for models deployed with onnxruntime); only with "
+                        "--target-speedup (the guard times with torch)")
     calibration = parser.add_argument_group("calibration without labels (after fitting)")
     calibration.add_argument("--calibrate", action="store_true",
                              help="correct each replaced layer's output means, then train the low-rank factors to "
                              "reproduce the dense model's layer and final outputs (Adam, no labels); each step is "
                              "kept only if it lowers the output error on held-out images")
-    calibration.add_argument("--calibrate-samples", type=common.positive_int, default=5000,
-                             help="unlabeled samples for --calibrate (a tenth, at most 500, held out)")
+    calibration.add_argument("--calibrate-samples", type=common.whole_number(CALIBRATION_MIN_SAMPLES), default=5000,
+                             help=f"unlabeled samples for --calibrate, at least {CALIBRATION_MIN_SAMPLES} (a tenth, "
+                             "at most 500, held out)")
     calibration.add_argument("--calibrate-epochs", type=common.positive_int, default=4,
                              help="passes of --calibrate over its samples")
     output = parser.add_argument_group("output")
@@ -224,17 +229,35 @@ def _report(args: argparse.Namespace, model: torch.nn.Module, result: Compressio
         print(f"test accuracy: dense {100 * dense:.2f}%  low-rank {100 * low:.2f}%  ({100 * (low - dense):+.2f} points)")
 
 
-def fit(args: argparse.Namespace) -> int:
-    model = sources.load_model(args.model, args.weights).to(args.device or "cpu")
-    bundled = sources.is_bundled(args.model)
+def _check_combinations(args: argparse.Namespace, bundled: bool) -> None:
+    """Refuse options that need another option, or a bundled model, without it."""
     if (args.eval or args.accuracy_budget is not None) and not bundled:
         raise ConfigError("--eval and --accuracy-budget measure Fashion-MNIST accuracy: bundled models only")
     if args.calibrate and not bundled and args.data is None:
         raise ConfigError("--calibrate needs unlabeled inputs: give --data package.module:factory")
+    if args.latency_backend != LATENCY_BACKEND and args.target_speedup is None:
+        raise ConfigError(f"--latency-backend only applies with --target-speedup (the guard times with "
+                          f"{LATENCY_BACKEND}): drop --latency-backend {args.latency_backend} or give --target-speedup")
+
+
+def _calibration_data(args: argparse.Namespace, data: Callable | None) -> Callable | None:
+    """What --calibrate reads (None without it): --data, else Fashion-MNIST training images."""
+    if not args.calibrate:
+        return None
+    if args.data is None:
+        return sources.fashion_mnist("train", args.calibrate_samples, option="--calibrate-samples")
+    return data
+
+
+def fit(args: argparse.Namespace) -> int:
+    model = sources.load_model(args.model, args.weights).to(args.device or "cpu")
+    bundled = sources.is_bundled(args.model)
+    _check_combinations(args, bundled)
     method = _method(args)
     mode = args.mode or ("data" if (args.data is not None or bundled) and method.fits_data else "filter")
     input_size = args.input_size or sources.input_size(args.model)
     data = _data(args, bundled, mode)
+    calibration_data = _calibration_data(args, data)
     out = args.out or Path("bases") / f"{Path(args.model.replace(':', '.')).name}.h5"
     if args.out is None:
         out.parent.mkdir(exist_ok=True)
@@ -265,7 +288,6 @@ def fit(args: argparse.Namespace) -> int:
     if args.calibrate and not result.kept:
         print("calibration skipped: no layer was replaced")
     elif args.calibrate:
-        calibration_data = sources.fashion_mnist("train", args.calibrate_samples) if args.data is None else data
         report = result.calibrate(model, calibration_data, samples=args.calibrate_samples,
                                   epochs=args.calibrate_epochs)
         print(f"calibration: {report.describe()}")

@@ -23,6 +23,8 @@ from recon.nn.base import Rank
 from solvers.objectives import Moments
 from solvers.schedule import LambdaSchedule
 
+SEED_BITS = 32  # NumPy's legacy seeding (CP's initialisation) takes seeds below 2**32
+
 
 @dataclasses.dataclass(frozen=True)
 class SolverOptions:
@@ -42,10 +44,10 @@ class SolverOptions:
     ridge: float | tuple[float, ...] = 1e-3
 
     def __post_init__(self) -> None:
-        for name, low in (("lbfgs_iterations", 1), ("cp_iterations", 1), ("seed", 0)):
+        for name, low, bits in (("lbfgs_iterations", 1, 63), ("cp_iterations", 1, 63), ("seed", 0, SEED_BITS)):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not low <= value < 2 ** 63:
-                raise ConfigError(f"{name} must be a whole number in {low}..2**63-1, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not low <= value < 2 ** bits:
+                raise ConfigError(f"{name} must be a whole number in {low}..2**{bits}-1, got {value!r}")
         if isinstance(self.ridge, (list, tuple)):
             object.__setattr__(self, "ridge", tuple(self.ridge))
         for ridge in self.ridges:

@@ -4,10 +4,13 @@ Accepted: any re-iterable (a list, a ``DataLoader``) or a callable returning a f
 iterable, yielding tensors or (inputs, labels, ...) tuples; NumPy arrays are converted.
 Each batch is checked (floating point, batched, finite), cast to the model's dtype and moved
 to its device; at most ``samples`` samples are read per pass, so an endless source ends.
-What is wrong is said in a ``DataError`` that names the batch.
+What is wrong is said in a ``DataError`` that names the batch. A source without ``len()``
+(a generator function, an endless stream) and no ``samples`` is read up to ``UNSIZED_SAMPLES``
+samples per pass, with a warning when that cap ends a pass.
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
@@ -16,6 +19,8 @@ import torch
 from recon.errors import DataError
 
 DataSource = Iterable | Callable[[], Iterable]
+UNSIZED_SAMPLES = 100_000  # samples read per pass from a source without len() when no samples= is given
+LOG = logging.getLogger("recon")
 
 
 def _inputs(batch: object, index: int) -> torch.Tensor:
@@ -38,9 +43,22 @@ def _inputs(batch: object, index: int) -> torch.Tensor:
                         "mean and std)")
     if batch.ndim < 2:
         raise DataError(f"batch {index} has shape {tuple(batch.shape)}: inputs need a batch dimension first")
+    if batch.is_meta:
+        raise DataError(f"batch {index} is on the meta device and holds no values: recon needs real inputs")
+    if len(batch) == 0:
+        raise DataError(f"batch {index} has shape {tuple(batch.shape)}: it holds no samples")
     if not torch.all(torch.isfinite(batch)):
         raise DataError(f"batch {index} contains NaN or infinite values")
     return batch
+
+
+def _has_len(iterable: Iterable) -> bool:
+    """Whether ``iterable`` says how long it is (a DataLoader over an IterableDataset may not)."""
+    try:
+        len(iterable)  # type: ignore[arg-type]
+    except TypeError:
+        return False
+    return True
 
 
 class Batches:
@@ -57,18 +75,27 @@ class Batches:
             raise DataError(f"data is a one-shot {type(source).__name__}: recon reads the data more than once; pass "
                             "a list, a DataLoader, or a function that returns a fresh iterable")
         self.source, self.samples, self.device, self.dtype = source, samples, device, dtype
+        self.capped = False  # whether a pass was cut at UNSIZED_SAMPLES (said once)
 
     def _iterable(self) -> Iterable:
+        if not callable(self.source):
+            return self.source
         try:
-            return self.source() if callable(self.source) else self.source
+            made = self.source()
         except Exception as err:  # a user's data factory can fail in any way; say where it came from
             raise DataError(f"the data factory failed: {type(err).__name__}: {err}") from err
+        if not isinstance(made, Iterable):
+            raise DataError(f"the data factory returned a {type(made).__name__}, not batches of inputs (a list, a "
+                            "DataLoader, a generator)")
+        return made
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         seen = 0
-        iterator = iter(self._iterable())
+        iterable = self._iterable()
+        limit = self.samples if self.samples is not None or _has_len(iterable) else UNSIZED_SAMPLES
+        iterator = iter(iterable)
         index = 0
-        while self.samples is None or seen < self.samples:
+        while limit is None or seen < limit:
             try:
                 batch = next(iterator)
             except StopIteration:
@@ -76,13 +103,17 @@ class Batches:
             except Exception as err:  # reading user data can fail in any way; name the batch
                 raise DataError(f"reading batch {index} of the data failed: {type(err).__name__}: {err}") from err
             inputs = _inputs(batch, index)
-            if self.samples is not None:
-                inputs = inputs[: self.samples - seen]
+            if limit is not None:
+                inputs = inputs[: limit - seen]
             seen += len(inputs)
             index += 1
             yield inputs.to(device=self.device, dtype=self.dtype or inputs.dtype)
         if index == 0:
             raise DataError("the data yielded no batches")
+        if limit is not None and seen >= limit and self.samples is None and not self.capped:
+            self.capped = True
+            LOG.warning("warning: the data has no len() and no samples= was given: read its first %d samples; pass "
+                        "samples= to read more or fewer", limit)
 
     def first(self) -> torch.Tensor:
         """The first batch."""

@@ -27,11 +27,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from recon.errors import ConfigError
+from recon.errors import ConfigError, DataError
 from recon.nn import LowRankModule
 from recon.pipeline.batches import Batches
 from recon.pipeline.finetune import clipped_step, only_trainable, relative_adam, shuffled_batches
-from recon.pipeline.sensitivity import channel_axis, relative_change
+from recon.pipeline.model_checks import check_model
+from recon.pipeline.sensitivity import channel_axis, model_output, relative_change
 
 LOG = logging.getLogger("recon")
 
@@ -65,7 +66,7 @@ def _outputs(model: nn.Module, names: list[str], inputs: torch.Tensor) -> tuple[
     hooks = [model.get_submodule(name).register_forward_hook(
         lambda module, args, output, name=name: captured.__setitem__(name, output)) for name in names]
     try:
-        output = model(inputs)
+        output = model_output(model(inputs))
     finally:
         for hook in hooks:
             hook.remove()
@@ -121,9 +122,15 @@ def calibrate(approx: nn.Module, dense: nn.Module, data: Iterable, *, samples: i
     A tenth of the samples (at most 500) is held out to judge the result. ``epochs`` of Adam
     over the rest, ``lr`` relative to each factor tensor's RMS value.
     """
+    check_model(approx, "the low-rank model")
+    check_model(dense, "dense")
     names = low_rank_layers(approx)
     if not names:
         raise ConfigError("the model has no low-rank layer: nothing to calibrate")
+    missing = [name for name in names if name not in dict(dense.named_modules())]
+    if missing:
+        raise ConfigError(f"dense has no layer {', '.join(missing[:4])}: calibrate against the model the low-rank "
+                          "model was made from")
     _check(samples, epochs, batch_size, lr)
     start = time.perf_counter()
     parameter = next(approx.parameters())
@@ -134,7 +141,11 @@ def calibrate(approx: nn.Module, dense: nn.Module, data: Iterable, *, samples: i
         raise ConfigError(f"calibration needs at least 2 samples, got {len(images)}")
     held = min(500, max(1, len(images) // 10))
     held_out, train = images[:held], images[held:]
-    before = _errors(approx, dense, names, held_out)
+    try:
+        before = _errors(approx, dense, names, held_out)
+    except RuntimeError as err:
+        raise DataError(f"the models failed on the calibration data (batch shape {tuple(held_out.shape)}): {err}") \
+            from err
     modules = [approx.get_submodule(name) for name in names]
 
     def unless_better(step: Callable[[], Any], baseline: tuple[float, float],

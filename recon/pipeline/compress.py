@@ -35,17 +35,19 @@ from recon.folding import batchnorm_pairs, fold_batchnorms
 from recon.io.bases_file import BasesFile, update_bases, write_bases
 from recon.io.hashing import model_sha256
 from recon.methods import Candidates, Method, SolverOptions
+from recon.nn import LowRankModule
 from recon.pipeline.batches import Batches, DataSource
 from recon.pipeline.blocks import BlockReport, BlockResult, reconstruct_blocks
 from recon.pipeline.calibrate import CalibrationReport, calibrate
 from recon.pipeline.config import CompressConfig
 from recon.pipeline.fitting import fit_layer, fit_layers, to_numpy
+from recon.pipeline.model_checks import check_model, copied
 from recon.pipeline.asymmetric import AsymmetricObserver
 from recon.pipeline.observe import observe
 from recon.pipeline.policies import Choice, Fixed, Outcome, RankPolicy, RankProblem, TargetSpeedup
 from recon.pipeline.report import table
 from recon.pipeline.select import LayerSpec, refusals, select_layers
-from recon.record import LayerRecord, retrained_records
+from recon.record import LayerRecord, current_record, retrained_records
 from recon.surgery import replace_layer
 
 LOG = logging.getLogger("recon")
@@ -63,7 +65,9 @@ class Compression:
     ``layers`` holds every fitted layer in model order (a layer the guard kept dense has
     ``kept`` False and is not saved); ``skipped`` the layers the method refused, with why;
     ``outcome`` what the rank policy measured at the end (TargetSpeedup), else None;
-    ``folded`` conv name -> the BatchNorm folded into it (``fold_batchnorm=True``).
+    ``folded`` conv name -> the BatchNorm folded into it (``fold_batchnorm=True``);
+    ``originals`` each fitted layer's dense layer (folded), against which ``save`` measures the
+    modules again.
     """
 
     model: nn.Module
@@ -75,6 +79,7 @@ class Compression:
     outcome: Outcome | None = None
     dense_layers: list[str] = field(default_factory=list)
     folded: dict[str, str] = field(default_factory=dict)
+    originals: dict[str, nn.Module] = field(default_factory=dict)
 
     @property
     def kept(self) -> list[LayerRecord]:
@@ -88,6 +93,10 @@ class Compression:
     def reference(self, dense: nn.Module) -> nn.Module:
         """``dense`` (the model given to ``compress``) as the low-rank model's layers are to
         reproduce it: a copy with the same BatchNorms folded, or ``dense`` itself."""
+        check_model(dense, "dense")
+        if model_sha256(dense) != self.model_sha256:
+            raise ConfigError("dense is not the model given to compress (its parameters differ): pass that model, "
+                              "unchanged")
         return fold_batchnorms(copy.deepcopy(dense), self.folded) if self.folded else dense
 
     def calibrate(self, dense: nn.Module, data: DataSource, **options: Any) -> CalibrationReport:
@@ -122,7 +131,7 @@ class Compression:
         """Write the replaced layers to a bases file (schema v2), atomically. With ``merge``,
         layers already in the file (of the same model) are kept; otherwise it is replaced. A
         file at ``path`` that is not a bases file of this model is refused unless ``overwrite``."""
-        records = self.kept
+        records = [self._as_now(record) for record in self.kept]
         if not records:
             raise ConfigError(f"nothing to save: no layer was replaced (kept dense: "
                               f"{', '.join(self.dense_layers + [r.name for r in self.layers.values()]) or 'none'})")
@@ -130,6 +139,15 @@ class Compression:
             update_bases(path, self.model_name, self.model_sha256, records)
             return Path(path)
         return write_bases(path, BasesFile(self.model_name, self.model_sha256, {r.name: r for r in records}), overwrite)
+
+
+    def _as_now(self, record: LayerRecord) -> LayerRecord:
+        """``record`` as ``.model`` holds its layer now (the user may have trained or edited it)."""
+        module = self.model.get_submodule(record.name)
+        if not isinstance(module, LowRankModule):
+            raise ConfigError(f"layer {record.name!r} of .model is a {type(module).__name__} now, not the low-rank "
+                              "module compress put there: nothing of it to save")
+        return current_record(record, self.originals[record.name], module)
 
 
 def _as_policy(ranks: Any) -> RankPolicy:
@@ -190,6 +208,10 @@ def _shapes(model: nn.Module, layers: list[str], example: torch.Tensor | None) -
         return None
     try:
         captured = capture_layer_inputs(model, layers, example[:1])
+    except TypeError as err:  # a forward that wants several inputs or keywords
+        raise DataError(f"the model cannot be called on one input tensor ({err}): recon calls model(inputs) with "
+                        "each batch's inputs (the first element of a tuple batch); wrap a model that takes several "
+                        "inputs or keywords in a module whose forward takes one tensor") from err
     except RuntimeError as err:
         hint = "; do the batches have a batch dimension first?" if example.ndim <= 3 else ""
         raise DataError(f"the model failed on the first data sample (batch shape {tuple(example.shape)}): {err}{hint}") \
@@ -245,13 +267,12 @@ def compress(model: nn.Module, data: DataSource | None = None, *, layers: LayerS
         measured against the dense model folded the same way. A pair that would not fold
         exactly is left as it is, with a warning naming it (``recon.folding``).
     """
-    if not isinstance(model, nn.Module):
-        raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    check_model(model)
     plan = _plan(model, data, layers, method, ranks, mode, asymmetric, guard, channels_last, input_size, samples,
                  patches_per_image, solver, min_speedup, timing_batch, max_output_loss, dense_when_lossy, fold_batchnorm,
                  device, on_layers)
     home = next(model.parameters()).device
-    work = copy.deepcopy(model).to(device or home).eval()
+    work = copied(model).to(device or home).eval()
     folded = _fold(work, plan.layers) if fold_batchnorm else {}
     batches = None if data is None else Batches(data, samples, next(work.parameters()).device,
                                                 next(work.parameters()).dtype)
@@ -339,7 +360,8 @@ def compress(model: nn.Module, data: DataSource | None = None, *, layers: LayerS
     for record in records.values():
         record.module = record.module.to(home)
     return Compression(approx, records, refusals(model, plan.method), plan.config, model_name or type(model).__name__,
-                       model_sha256(model), outcome, [name for name in plan.layers if name not in chosen], folded)
+                       model_sha256(model), outcome, [name for name in plan.layers if name not in chosen], folded,
+                       {name: work.get_submodule(name).to(home) for name in records})
 
 
 def _same_choice(record: LayerRecord, choice: Choice) -> bool:

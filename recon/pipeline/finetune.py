@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from recon.errors import ConfigError
+from recon.errors import ConfigError, DataError
 from recon.metrics import accuracy
 from recon.nn import LowRankModule
 
@@ -71,6 +71,30 @@ def clipped_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, parameter
     optimizer.step()
 
 
+def labelled(batch: object, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(inputs, labels) of one training batch; DataError unless it is such a pair of tensors."""
+    if not (isinstance(batch, (tuple, list)) and len(batch) >= 2 and all(isinstance(x, torch.Tensor) for x in batch[:2])):
+        raise DataError(f"training batch {index} is a {type(batch).__name__}: fine-tuning needs (inputs, labels) "
+                        "pairs of tensors (for unlabeled data use calibrate)")
+    images, labels = batch[0], batch[1]
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool or labels.ndim != 1 \
+            or len(labels) != len(images):
+        raise DataError(f"training batch {index}: labels of dtype {labels.dtype} and shape {tuple(labels.shape)}; "
+                        f"fine-tuning needs one integer class index per input ({len(images)})")
+    return images, labels
+
+
+def check_labels(logits: torch.Tensor, labels: torch.Tensor, index: int) -> None:
+    """DataError unless every label is a class of the model's (N, classes) output."""
+    if not (isinstance(logits, torch.Tensor) and logits.ndim == 2):
+        raise DataError(f"the model's output for training batch {index} is not (batch, classes) logits: fine-tuning "
+                        "trains a classifier with cross-entropy")
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0 or high >= logits.shape[1]:
+        raise DataError(f"training batch {index} has labels {low}..{high}, but the model has {logits.shape[1]} classes "
+                        f"(labels 0..{logits.shape[1] - 1})")
+
+
 def finetune(model: nn.Module, train: Iterable, epochs: int, lr: float, which: str = "factors",
              test: Iterable | None = None, seed: int = 0, report: Callable[[str], None] = print,
              teacher: nn.Module | None = None, validation: Iterable | None = None) -> list[float]:
@@ -113,9 +137,11 @@ def _train(model, train, epochs, params, optimizer, which, test, history, report
         # training only the factors keeps BatchNorm statistics (the bases file does not carry them)
         model.train(which == "all")
         start = time.perf_counter()
-        for images, labels in tqdm(train, desc=f"epoch {epoch}/{epochs}", unit="batch", leave=False):
+        for index, batch in enumerate(tqdm(train, desc=f"epoch {epoch}/{epochs}", unit="batch", leave=False)):
+            images, labels = labelled(batch, index)
             images, labels = images.to(device), labels.to(device)
             logits = model(images)
+            check_labels(logits, labels, index)
             loss = F.cross_entropy(logits, labels)
             if teacher is not None:
                 with torch.no_grad():

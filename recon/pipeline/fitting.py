@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from recon import methods
-from recon.errors import FitError, LayerError
+from recon.errors import ConfigError, FitError, LayerError
 from recon.io.hashing import layer_sha256
 from recon.methods import Fitted, Method, SolverOptions
 from recon.nn import Geometry
@@ -215,6 +215,9 @@ def decompose(layer: nn.Module, rank: Any, method: str | Method = "scheme2", mom
     """The low-rank module of one ``nn.Conv2d`` / ``nn.Linear``, e.g. ``decompose(conv, 8)``:
     fitted to its weights, or to its outputs given input ``moments`` (``recon.observe``)."""
     method = methods.get(method) if isinstance(method, str) else method
+    if moments is not None and not isinstance(moments, Moments):
+        raise ConfigError(f"moments must be one layer's recon.observe(model, data)[name] (a Moments), got "
+                          f"{type(moments).__name__}")
     reason = method.eligible(layer)
     if reason is not None:
         raise LayerError(f"{method.name} cannot replace this {type(layer).__name__}: {reason}")

@@ -25,9 +25,10 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from recon.errors import DataError
+from recon.errors import DataError, LayerError
 from recon.nn import ConvGeometry, Geometry, geometry_of
 from recon.pipeline.batches import Batches, DataSource
+from recon.pipeline.model_checks import check_model
 from solvers.objectives import Moments
 
 
@@ -192,8 +193,7 @@ def observe(model: nn.Module, data: Batches | DataSource, layers: list[str] | st
             samples: int | None = None) -> dict[str, Moments]:
     """Symmetric moments (x_hat = x) of every layer in ``layers`` (names; "all": every Conv2d
     and Linear), from one pass of ``data`` through ``model`` (at most ``samples`` samples)."""
-    if layers == "all":
-        layers = [name for name, module in model.named_modules() if isinstance(module, (nn.Conv2d, nn.Linear))]
+    layers = _observable(check_model(model), layers)
     parameter = next(model.parameters())
     batches = data if isinstance(data, Batches) else Batches(data, samples, parameter.device, parameter.dtype)
     sums = {name: _Folds() for name in layers}
@@ -222,6 +222,22 @@ def observe(model: nn.Module, data: Batches | DataSource, layers: list[str] | st
     _check_seen(sums)
     symmetric = lambda total: Moments.symmetric(total.count, total.mean("x"), total.mean("xx"))
     return {name: folds.moments(symmetric) for name, folds in sums.items()}
+
+
+def _observable(model: nn.Module, layers: list[str] | str) -> list[str]:
+    """``layers`` as a list of the model's Conv2d / Linear names; LayerError naming any other."""
+    convs = [name for name, module in model.named_modules() if isinstance(module, (nn.Conv2d, nn.Linear))]
+    if layers == "all":
+        return convs
+    names = [layers] if isinstance(layers, str) else list(layers)
+    modules = dict(model.named_modules())
+    for name in names:
+        if not isinstance(name, str) or name not in modules:
+            raise LayerError(f"model has no layer {name!r}; its Conv2d and Linear layers: {', '.join(convs) or 'none'}")
+        if name not in convs:
+            raise LayerError(f"layer {name!r} is a {type(modules[name]).__name__}: statistics are gathered for "
+                             f"Conv2d and Linear layers ({', '.join(convs) or 'none'})")
+    return names
 
 
 def _check_seen(sums: dict[str, _Folds]) -> None:

@@ -23,12 +23,30 @@ from recon.methods import Candidates, Method
 LayerSpec = str | re.Pattern | Callable[[nn.Module, str], bool] | Sequence[str | re.Pattern]
 
 
+def _names_by_module(model: nn.Module) -> dict[int, list[str]]:
+    """id(module) -> every name it is registered under (more than one for a shared module)."""
+    names: dict[int, list[str]] = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        names.setdefault(id(module), []).append(name)
+    return names
+
+
+def _refusal(module: nn.Module, method: Method | Candidates, names: dict[int, list[str]]) -> str | None:
+    """Why ``method`` cannot replace ``module`` of the model whose ``_names_by_module`` is ``names``."""
+    shared = names.get(id(module), [])
+    if len(shared) > 1:
+        return (f"the same module is registered as {', '.join(shared)}: replaced under one name, the others would "
+                "stay dense, and its statistics would mix every call")
+    return method.eligible(module)
+
+
 def refusals(model: nn.Module, method: Method | Candidates) -> dict[str, str]:
     """Why ``method`` cannot replace each Conv2d / Linear of ``model`` it refuses, by name."""
+    names = _names_by_module(model)
     reasons = {}
     for name, module in model.named_modules():
         if isinstance(module, (nn.Conv2d, nn.Linear)):
-            reason = method.eligible(module)
+            reason = _refusal(module, method, names)
             if reason is not None:
                 reasons[name] = reason
     return reasons
@@ -36,8 +54,9 @@ def refusals(model: nn.Module, method: Method | Candidates) -> dict[str, str]:
 
 def eligible_layers(model: nn.Module, method: Method | Candidates) -> list[str]:
     """Qualified names of every layer ``method`` can replace, in registration order."""
+    names = _names_by_module(model)
     return [name for name, module in model.named_modules()
-            if name and isinstance(module, (nn.Conv2d, nn.Linear)) and method.eligible(module) is None]
+            if name and isinstance(module, (nn.Conv2d, nn.Linear)) and _refusal(module, method, names) is None]
 
 
 def _by_name(model: nn.Module, name: str, method: Method | Candidates, eligible: list[str]) -> str:
@@ -46,7 +65,7 @@ def _by_name(model: nn.Module, name: str, method: Method | Candidates, eligible:
     except AttributeError:
         raise LayerError(f"model has no layer {name!r}; layers {method.name} can replace: "
                          f"{', '.join(eligible) or 'none'}") from None
-    reason = method.eligible(module)
+    reason = _refusal(module, method, _names_by_module(model))
     if reason is not None:
         raise LayerError(f"layer {name!r} cannot be replaced by {method.name}: {reason}")
     return name

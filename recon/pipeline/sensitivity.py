@@ -13,8 +13,36 @@ One forward pass per layer, no labels.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 from torch import nn
+
+from recon.errors import DataError
+
+
+def _leaves(output: object) -> list[torch.Tensor]:
+    """The floating point tensors in a model's output, in order (tensors, tuples, lists, dicts)."""
+    if isinstance(output, torch.Tensor):
+        return [output] if output.is_floating_point() else []
+    if isinstance(output, Mapping):
+        return [leaf for value in output.values() for leaf in _leaves(value)]
+    if isinstance(output, (tuple, list)):
+        return [leaf for value in output for leaf in _leaves(value)]
+    return []
+
+
+def model_output(output: object) -> torch.Tensor:
+    """A model's output as one (batch, features) tensor: a tensor as it is, the floating point
+    tensors of a tuple, list or dict (detection, segmentation, Hugging Face outputs) flattened
+    per sample and side by side, so every one of them counts in an output change."""
+    if isinstance(output, torch.Tensor) and output.is_floating_point():
+        return output
+    leaves = _leaves(output)
+    if not leaves or any(leaf.ndim == 0 or len(leaf) != len(leaves[0]) for leaf in leaves):
+        raise DataError(f"the model returned {type(output).__name__}: recon compares outputs as floating point "
+                        "tensors with the batch first (a tensor, or a tuple, list or dict of them)")
+    return torch.cat([leaf.reshape(len(leaf), -1) for leaf in leaves], dim=1)
 
 
 def relative_change(changed: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
@@ -34,7 +62,7 @@ def output_sensitivities(model: nn.Module, probes: dict[str, nn.Module], sample:
     """Per named layer: the relative change of ``model``'s output on the batch ``sample``
     divided by the relative change of the layer's output, when ``probes[name]`` computes
     that layer's output instead (0 for a probe that changes nothing)."""
-    reference = model(sample).double()
+    reference = model_output(model(sample)).double()
     sensitivities = {}
     for name, probe in probes.items():
         changes = []
@@ -46,7 +74,7 @@ def output_sensitivities(model: nn.Module, probes: dict[str, nn.Module], sample:
 
         hook = model.get_submodule(name).register_forward_hook(replace)
         try:
-            change = float(relative_change(model(sample).double(), reference))
+            change = float(relative_change(model_output(model(sample)).double(), reference))
         finally:
             hook.remove()
         sensitivities[name] = change / changes[0] if changes[0] > 0 else 0.0
@@ -56,7 +84,7 @@ def output_sensitivities(model: nn.Module, probes: dict[str, nn.Module], sample:
 @torch.inference_mode()
 def output_change(dense: nn.Module, approx: nn.Module, sample: torch.Tensor) -> float:
     """The relative change of ``approx``'s output from ``dense``'s on ``sample``."""
-    return float(relative_change(approx(sample).double(), dense(sample).double()))
+    return float(relative_change(model_output(approx(sample)).double(), model_output(dense(sample)).double()))
 
 
 @torch.inference_mode()
