@@ -1,4 +1,5 @@
-"""``LayerRecord``: one replaced layer, as the pipeline made it and as a bases file stores it."""
+"""``LayerRecord``: one replaced layer, as the pipeline made it and as a bases file stores it;
+``GuardDecision``: what the never-slower guard measured for it."""
 from __future__ import annotations
 
 import dataclasses
@@ -9,10 +10,28 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from recon.bench.guard import GuardDecision
 from recon.nn import Geometry, LowRankModule
 from recon.nn.base import Rank
 from solvers.conditioning import Conditioning
+
+
+@dataclass(frozen=True)
+class GuardDecision:
+    """Measured times of one layer and whether its low-rank module is kept."""
+
+    layer: str
+    dense_ms: float
+    low_rank_ms: float
+    kept: bool
+
+    @property
+    def speedup(self) -> float:
+        return self.dense_ms / self.low_rank_ms
+
+    def __str__(self) -> str:
+        verdict = "low-rank kept" if self.kept else "dense kept (low-rank not faster)"
+        return (f"guard {self.layer}: dense {self.dense_ms:.3f} ms, low-rank {self.low_rank_ms:.3f} ms, "
+                f"{self.speedup:.2f}x -> {verdict}")
 
 
 @dataclass

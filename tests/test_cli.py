@@ -62,6 +62,11 @@ def test_user_model_filter_mode_and_extending_a_file(tmp_path, capsys):
     layers = read_bases(out).layers
     assert set(layers) == {"features.0", "features.4"} and layers["features.4"].mode == "data"
     assert np.isfinite(layers["features.4"].output_variance_lost)
+    assert evaluate_main(["--bases", str(out), "--table"]) == 0  # any file's table, no bundled model needed
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split()[:3] == ["layer", "method", "rank"]
+    rows = {line.split()[0]: line.split() for line in table[2:]}
+    assert rows["features.0"][1:4] == ["scheme2", "4", "filter"] and rows["features.4"][1:4] == ["scheme1", "3", "data"]
 
 
 def test_all_layers_with_a_1x1_conv_and_asymmetric_runs(tmp_path, capsys):

@@ -9,7 +9,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import recon
-from recon.bench.guard import GuardDecision
+from recon.record import GuardDecision
 from recon.errors import ConfigError, DataError
 from recon.io.bases_file import read_bases
 from tests.fixture_models import tiny, tiny_batches

@@ -7,8 +7,9 @@ from torch import nn
 
 import recon
 from recon import apply_bases
-from recon.bench.guard import GuardDecision, guard_replacements, time_replacement
+from recon.bench.guard import guard_replacements, time_replacement
 from recon.nn import LowRankExpConv
+from recon.record import GuardDecision
 from tests.fixture_models import tiny
 
 

@@ -56,3 +56,33 @@ def test_no_library_module_imports_a_command_and_solvers_import_no_torch():
             assert not any(t.startswith("recon") for t in targets), f"{name} imports {targets}"
     for path in (ROOT / "solvers").rglob("*.py"):
         assert "import torch" not in path.read_text(), path
+
+
+# Packages by level: a module may import its own level and the levels below, never above.
+LEVELS = [
+    {"recon", "recon.version", "recon.errors", "solvers"},
+    {"recon.nn"},
+    {"recon.methods"},
+    {"recon.record", "recon.folding", "recon.data", "recon.metrics"},
+    {"recon.io", "recon.bench"},
+    {"recon.surgery", "recon.zoo"},
+    {"recon.pipeline"},
+    {"recon.cli"},
+    ENTRY_POINTS,
+]
+
+
+def level(module: str) -> int:
+    """The level of ``module``: that of its package (``recon.X``), or of the module itself."""
+    parts = module.split(".")
+    for name in (".".join(parts[:2]), parts[0] if parts[0] == "solvers" else module):
+        for index, members in enumerate(LEVELS):
+            if name in members:
+                return index
+    raise AssertionError(f"{module} has no level in tests/test_layout.py LEVELS: place it there")
+
+
+def test_no_module_imports_a_package_above_its_own():
+    upward = [f"{name} -> {target}" for name, targets in graph().items() for target in targets
+              if level(target) > level(name)]
+    assert not upward, "upward imports: " + "; ".join(sorted(upward))

@@ -114,7 +114,8 @@ def test_target_speedup_end_to_end_fits_chosen_ranks():
     result = recon.compress(tiny(), tiny_batches, ranks=TargetSpeedup(1.3, example), progress=False)
     assert set(result.layers) <= {"features.0", "features.2", "features.4"}
     assert result.outcome is not None and result.outcome.target == 1.3
-    assert result.outcome.met == (result.outcome.measured >= 1.3)
+    assert result.outcome.met == (result.outcome.spread.low >= 1.3)  # met by its least favourable round
+    assert result.outcome.measured == result.outcome.spread.median and len(result.outcome.spread.rounds) >= 3
 
 
 def test_accuracy_budget_returns_ranks_within_budget_and_smaller_ranks_exceed_it(model):
@@ -264,3 +265,22 @@ def test_target_speedup_in_data_mode_takes_grouped_and_depthwise_convs(monkeypat
                 for g, w in enumerate((weights[:4], weights[4:]))]
     expected = (by_group[0] * energies[0] + by_group[1] * energies[1]) / sum(energies)
     np.testing.assert_allclose(method.rank_errors(weights, moments.covariance(), 2), expected, rtol=1e-10)
+
+
+def _scripted_outcome(monkeypatch, ratios, factor=1.5):
+    """The outcome of a TargetSpeedup whose whole-model timings give ``ratios`` round by round."""
+    rounds = iter(ratios)
+    monkeypatch.setattr("recon.pipeline.policies.latencies",
+                        lambda backend: lambda models, example, repeats, channels_last: [next(rounds), 1.0])
+    policy = TargetSpeedup(factor, torch.zeros(1, 3, 10, 10), cache=False, repeats=9)
+    return policy.outcome(tiny(), tiny())
+
+
+def test_the_outcome_times_rounds_until_they_agree_and_meets_the_target_by_the_slowest(monkeypatch):
+    met = _scripted_outcome(monkeypatch, [1.62, 1.6, 1.58, 9.0])
+    assert met.met and met.spread.rounds == (1.62, 1.6, 1.58) and met.measured == 1.6
+    near = _scripted_outcome(monkeypatch, [1.52, 1.47, 1.53])  # median above 1.5, its slowest round below
+    assert not near.met and near.measured == 1.52 and "lower end of its rounds is below the target" in near.description
+    noisy = _scripted_outcome(monkeypatch, [1.0, 2.0] * 5)
+    assert len(noisy.spread.rounds) == 9 and not noisy.spread.stable and not noisy.met
+    assert "timings unstable" in noisy.description and "another process" in noisy.description

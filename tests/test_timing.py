@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from recon.bench.timing import Spread, median_latencies, round_latencies
+from recon.bench.timing import Spread, median_latencies, round_latencies, spread_until_stable
 
 
 class Recorder(nn.Module):
@@ -52,3 +52,16 @@ def test_rounds_are_separate_side_by_side_timings_and_spread_reports_their_range
     spread = Spread((1.4, 1.6, 1.5, 2.0))
     assert spread.median == pytest.approx(1.55)
     assert spread.describe() == "1.55x (1.40-2.00, 4 rounds)"
+
+
+def test_spread_until_stable_stops_once_the_rounds_agree_and_says_when_they_never_do():
+    agreeing = iter([(2.0, 1.0), (2.1, 1.0), (1.96, 1.0), (5.0, 1.0)])
+    spread = spread_until_stable(lambda: next(agreeing))
+    assert spread.rounds == (2.0, 2.1, 1.96) and spread.stable and spread.low == 1.96
+    outlier = iter([(2.0, 1.0), (3.0, 1.0), (2.0, 1.0), (2.05, 1.0), (9.0, 1.0)])
+    spread = spread_until_stable(lambda: next(outlier))
+    assert spread.rounds == (2.0, 3.0, 2.0, 2.05) and spread.middle == (2.0, 2.05)  # one disturbed round does not decide
+    assert spread.stable and spread.low == 2.0
+    noisy = iter([(1.0, 1.0), (2.0, 1.0)] * 5)
+    spread = spread_until_stable(lambda: next(noisy), max_rounds=9)
+    assert len(spread.rounds) == 9 and not spread.stable and "timings unstable" in spread.describe()

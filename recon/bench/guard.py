@@ -11,34 +11,15 @@ channels_last): the verdict can differ between formats.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from recon.bench.timing import capture_layer_inputs, median_latencies
+from recon.record import GuardDecision
 
 LOG = logging.getLogger("recon")
 MIN_SPEEDUP = 1.05
-
-
-@dataclass(frozen=True)
-class GuardDecision:
-    """Measured times of one layer and whether its low-rank module is kept."""
-
-    layer: str
-    dense_ms: float
-    low_rank_ms: float
-    kept: bool
-
-    @property
-    def speedup(self) -> float:
-        return self.dense_ms / self.low_rank_ms
-
-    def __str__(self) -> str:
-        verdict = "low-rank kept" if self.kept else "dense kept (low-rank not faster)"
-        return (f"guard {self.layer}: dense {self.dense_ms:.3f} ms, low-rank {self.low_rank_ms:.3f} ms, "
-                f"{self.speedup:.2f}x -> {verdict}")
 
 
 def time_replacement(dense: nn.Module, low_rank: nn.Module, inputs: torch.Tensor, name: str,

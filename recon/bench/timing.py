@@ -4,7 +4,7 @@ from __future__ import annotations
 import copy
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,6 +70,9 @@ def median_latencies(modules: list[nn.Module], inputs: torch.Tensor | list[torch
     return round_robin([_synchronized(module, feed) for module, feed in zip(modules, feeds)], repeats, warmup)
 
 
+STABLE_RANGE = 0.10  # middle rounds of a ratio ranging over more than this fraction of their median: unstable
+
+
 @dataclass(frozen=True)
 class Spread:
     """Ratios of one comparison measured in separate rounds: the median and the range say how
@@ -81,9 +84,49 @@ class Spread:
     def median(self) -> float:
         return statistics.median(self.rounds)
 
+    @property
+    def middle(self) -> tuple[float, ...]:
+        """The rounds without the quarter at either end (all of them below four rounds): one
+        round disturbed by another process does not decide."""
+        ordered = sorted(self.rounds)
+        cut = len(ordered) // 4
+        return tuple(ordered[cut:len(ordered) - cut])
+
+    @property
+    def low(self) -> float:
+        """The lower end of the middle rounds: what a decision near a threshold goes by."""
+        return min(self.middle)
+
+    @property
+    def relative_range(self) -> float:
+        """The range of the middle rounds over the median."""
+        return (max(self.middle) - min(self.middle)) / self.median
+
+    @property
+    def stable(self) -> bool:
+        return self.relative_range <= STABLE_RANGE
+
     def describe(self) -> str:
-        """E.g. "1.52x (1.44-1.60, 5 rounds)"."""
-        return f"{self.median:.2f}x ({min(self.rounds):.2f}-{max(self.rounds):.2f}, {len(self.rounds)} rounds)"
+        """E.g. "1.52x (1.44-1.60, 5 rounds)", with a warning when the rounds scatter."""
+        text = f"{self.median:.2f}x ({min(self.rounds):.2f}-{max(self.rounds):.2f}, {len(self.rounds)} rounds)"
+        if not self.stable:
+            text += (f"; timings unstable: the middle rounds range over {100 * self.relative_range:.0f}% of their "
+                     "median; is another process using the CPU?")
+        return text
+
+
+def spread_until_stable(measure: Callable[[], Sequence[float]], min_rounds: int = 3,
+                        max_rounds: int = 9) -> Spread:
+    """The ratio first / second of ``measure()`` (seconds per call of two models timed side by
+    side) in rounds, until after ``min_rounds`` the middle rounds range over at most
+    ``STABLE_RANGE`` of their median, or ``max_rounds`` have run (then ``Spread.stable`` is False)."""
+    ratios: list[float] = []
+    while True:
+        first, second = measure()[:2]
+        ratios.append(first / second)
+        spread = Spread(tuple(ratios))
+        if len(ratios) >= max_rounds or (len(ratios) >= min_rounds and spread.stable):
+            return spread
 
 
 def round_latencies(modules: list[nn.Module], inputs: torch.Tensor, rounds: int = 5, repeats: int = 20,

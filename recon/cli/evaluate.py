@@ -2,6 +2,7 @@
 
     python -m recon.evaluate --dense              # the bundled model alone
     python -m recon.evaluate --bases bases/fmnist-alexnet.h5
+    python -m recon.evaluate --bases any.h5 --table   # the file's per-layer table only
 
 Latency is the median wall time of repeated forward passes on one batch, dense and low-rank
 called in alternation on the same input, in both memory formats (NCHW, the default, and
@@ -17,8 +18,10 @@ from pathlib import Path
 from recon.bench.timing import capture_layer_inputs, latencies_by_format
 from recon.cli import common, sources
 from recon.errors import ConfigError
+from recon.io.bases_file import read_bases
 from recon.metrics import accuracy
 from recon.nn import LowRankModule
+from recon.pipeline.report import MAX_OUTPUT_LOSS, table
 from recon.surgery import apply_bases
 
 
@@ -34,12 +37,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--repeats", type=common.positive_int, default=20, help="timed repetitions per measurement")
     parser.add_argument("--limit", type=common.positive_int, help="evaluate accuracy on the first N test images only")
     parser.add_argument("--device", type=common.device, help="run on this device (e.g. cuda); default: cpu")
+    parser.add_argument("--table", action="store_true",
+                        help="print the per-layer table of --bases and stop (any bases file; no model needed)")
     parser.add_argument("--allow-mismatch", action="store_true",
                         help="apply bases even if the model's weights differ from those fitted")
     return parser
 
 
+def bases_table(path: Path) -> str:
+    """The per-layer table of a bases file's records (the bound on output loss the file was fitted with)."""
+    records = list(read_bases(path).layers.values())
+    limit = next((r.config["max_output_loss"] for r in records if "max_output_loss" in r.config), MAX_OUTPUT_LOSS)
+    return table(records, limit)
+
+
 def evaluate(args: argparse.Namespace) -> int:
+    if args.table:
+        if args.bases is None:
+            raise ConfigError("--table prints the layers of a bases file: give --bases FILE")
+        print(bases_table(args.bases))
+        return 0
     if not sources.is_bundled(args.model):
         raise ConfigError(f"--model must be a bundled model ({', '.join(sources.zoo.BUNDLED)}): accuracy is "
                           "measured on Fashion-MNIST")
@@ -54,6 +71,7 @@ def evaluate(args: argparse.Namespace) -> int:
         print(f"dense: accuracy {100 * dense_acc:.2f}%, latency per batch of {args.batch_size}: "
               + ", ".join(f"{layout} {1e3 * t[0]:.2f} ms" for layout, t in times.items()))
         return 0
+    print(bases_table(args.bases))
     low_acc = accuracy(low, test, progress=True)
     print(f"accuracy: dense {100 * dense_acc:.2f}%, low-rank {100 * low_acc:.2f}% ({100 * (low_acc - dense_acc):+.2f} points)")
     print(f"latency per batch of {args.batch_size}, dense / low-rank ms (measured speedup):")

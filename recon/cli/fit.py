@@ -30,6 +30,7 @@ from recon.methods import SolverOptions
 from recon.metrics import accuracy
 from recon.pipeline.batches import Batches
 from recon.pipeline.compress import Compression, compress
+from recon.pipeline.report import MAX_OUTPUT_LOSS
 from recon.pipeline.policies import AccuracyBudget, Fixed, RankPolicy, TargetSpeedup
 from recon.record import LayerRecord
 from solvers.schedule import LambdaSchedule
@@ -90,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--ridge", type=common.nonnegative_float, default=SolverOptions.ridge,
                      help="data mode: weight of ||W_hat - W||^2 (times the mean input variance) added to the output "
                      "error, so input directions the data never varies in stay at the original weights; 0: none")
-    how.add_argument("--max-output-loss", type=common.positive_float, default=0.3,
+    how.add_argument("--max-output-loss", type=common.positive_float, default=MAX_OUTPUT_LOSS,
                      help="flag layers that lose more than this fraction of their output variance; "
                      "--target-speedup in data mode never picks a rank predicted to lose more")
     how.add_argument("--dense-when-lossy", action="store_true",

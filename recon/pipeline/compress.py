@@ -45,7 +45,7 @@ from recon.pipeline.model_checks import check_model, copied
 from recon.pipeline.asymmetric import AsymmetricObserver
 from recon.pipeline.observe import observe
 from recon.pipeline.policies import Choice, Fixed, Outcome, RankPolicy, RankProblem, TargetSpeedup
-from recon.pipeline.report import table
+from recon.pipeline.report import MAX_OUTPUT_LOSS, table
 from recon.pipeline.select import LayerSpec, refusals, select_layers
 from recon.record import LayerRecord, current_record, retrained_records
 from recon.surgery import replace_layer
@@ -88,7 +88,8 @@ class Compression:
 
     def table(self) -> str:
         """The per-layer table the CLI prints."""
-        return table(self)
+        return table(self.layers.values(), self.config.max_output_loss, self.dense_layers, self.skipped,
+                     self.config.method)
 
     def reference(self, dense: nn.Module) -> nn.Module:
         """``dense`` (the model given to ``compress``) as the low-rank model's layers are to
@@ -225,7 +226,7 @@ def compress(model: nn.Module, data: DataSource | None = None, *, layers: LayerS
              guard: bool = False, channels_last: bool = False, device: str | torch.device | None = None,
              input_size: tuple[int, ...] | None = None, samples: int | None = None,
              patches_per_image: int | None = 32, solver: SolverOptions = SolverOptions(),
-             min_speedup: float = MIN_SPEEDUP, timing_batch: int = 32, max_output_loss: float = 0.3,
+             min_speedup: float = MIN_SPEEDUP, timing_batch: int = 32, max_output_loss: float = MAX_OUTPUT_LOSS,
              dense_when_lossy: bool = False, model_name: str | None = None, progress: bool = True,
              on_layers: Callable[[list[LayerRecord]], None] | None = None,
              fold_batchnorm: bool = False) -> Compression:

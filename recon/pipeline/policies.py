@@ -29,7 +29,7 @@ from torch import nn
 from recon.bench.latency import (LatencyCache, LayerLatency, check_backend, default_cache_path, latencies,
                                  layer_latency, unstable_warning)
 from recon.bench.placeholders import timing_model
-from recon.bench.timing import capture_layer_inputs
+from recon.bench.timing import Spread, capture_layer_inputs, spread_until_stable
 from recon.errors import ConfigError, FitError
 from recon.methods import Method
 from recon.nn import Geometry, LowRankModule
@@ -41,6 +41,7 @@ from recon.surgery import replace_layer
 from solvers.objectives import Moments
 
 WHOLE_MODEL_REPEATS = 50  # timed calls per model when a whole model is measured
+OUTCOME_MIN_ROUNDS, OUTCOME_MAX_ROUNDS = 3, 9  # rounds of the final whole-model timing (until they agree)
 
 
 class Choice(NamedTuple):
@@ -84,6 +85,7 @@ class Outcome:
     met: bool
     description: str
     output_change: float | None = None  # the fitted model's measured output change (bounded TargetSpeedup)
+    spread: Spread | None = None  # the speedup's rounds (TargetSpeedup)
 
 
 class RankPolicy:
@@ -443,15 +445,20 @@ class TargetSpeedup(RankPolicy):
         finite = np.isfinite(errors)
         return method, self._probe_rank(ranks[finite], errors[finite])
 
-    def _time(self, models: list[nn.Module], example: torch.Tensor) -> list[float]:
+    def _time(self, models: list[nn.Module], example: torch.Tensor, repeats: int | None = None) -> list[float]:
         """Seconds per call of each model on ``example``, side by side, on the policy's backend."""
-        return latencies(self.backend)(models, example, self.repeats, channels_last=self.channels_last)
+        return latencies(self.backend)(models, example, repeats or self.repeats, channels_last=self.channels_last)
 
     def outcome(self, dense: nn.Module, approx: nn.Module) -> Outcome:
+        """The fitted model timed against the dense one in rounds until they agree
+        (``spread_until_stable``; the first three rounds cost one timing of ``repeats`` calls);
+        the target counts as met only when the least favourable round meets it."""
         parameter = next(dense.parameters())
         example = self.example_input.to(parameter.device, parameter.dtype)
-        t_dense, t_low = self._time([dense, approx], example)
-        measured = t_dense / t_low
+        per_round = max(1, math.ceil(self.repeats / OUTCOME_MIN_ROUNDS))
+        spread = spread_until_stable(lambda: self._time([dense, approx], example, per_round), OUTCOME_MIN_ROUNDS,
+                                     OUTCOME_MAX_ROUNDS)
+        measured = spread.median
         layout = "channels_last" if self.channels_last else "NCHW"
         runtime = "" if self.backend == "torch" else f", {self.backend}"
         where = f"batch {len(self.example_input)}, {layout}{runtime}, fitted bases"
@@ -459,12 +466,13 @@ class TargetSpeedup(RankPolicy):
         if self._search is not None:
             change = output_change(dense, approx, self._search.sample)
             where += f"; output change measured {change:.4f} of its variance (max_output_change {self.max_output_change:g})"
-        if measured >= self.factor:
-            return Outcome(self.factor, measured, True, f"target {self.factor:.2f}x met: measured {measured:.2f}x ({where})",
-                           change)
+        if spread.low >= self.factor:
+            return Outcome(self.factor, measured, True, f"target {self.factor:.2f}x met: measured {spread.describe()} "
+                           f"({where})", change, spread)
+        slowest = "; the lower end of its rounds is below the target" if measured >= self.factor else ""
         return Outcome(self.factor, measured, False,
-                       f"target {self.factor:.2f}x missed: measured {measured:.2f}x ({where}); the best the rank allocation "
-                       f"measured was {self.best_searched:.2f}x" + self._bounds(), change)
+                       f"target {self.factor:.2f}x missed: measured {spread.describe()}{slowest} ({where}); the best the "
+                       f"rank allocation measured was {self.best_searched:.2f}x" + self._bounds(), change, spread)
 
     def _bounds(self) -> str:
         """The quality bounds the last search kept to, as the end of a sentence."""
