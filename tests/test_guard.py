@@ -7,7 +7,7 @@ from torch import nn
 
 import recon
 from recon import apply_bases
-from recon.bench.guard import guard_replacements, time_replacement
+from recon.bench.guard import GUARD_MAX_ROUNDS, guard_replacements, time_replacement
 from recon.nn import LowRankExpConv
 from recon.record import GuardDecision
 from tests.fixture_models import tiny
@@ -48,10 +48,23 @@ def test_decision_threshold_is_five_percent(monkeypatch, dense_ms, low_ms, kept)
 def test_decision_takes_the_least_favourable_round(monkeypatch):
     conv = nn.Conv2d(3, 3, 3)
     low = recon.decompose(conv, 2)
-    rounds = iter([[1.2e-3, 1e-3], [1.0e-3, 1e-3]])  # 1.2x, then parity
+    rounds = iter([[1.2e-3, 1e-3], [1.0e-3, 1e-3], [1.0e-3, 1e-3], [1.01e-3, 1e-3]])  # 1.2x, then parity
     monkeypatch.setattr("recon.bench.guard.median_latencies", lambda modules, inputs, repeats, channels_last: next(rounds))
     decision = time_replacement(conv, low, torch.zeros(1, 3, 5, 5), "c")
     assert not decision.kept and decision.speedup == pytest.approx(1.0)
+    assert next(rounds, None) is None  # the first two disagreed, so it timed until the middle rounds agreed
+
+
+def test_rounds_that_never_agree_stop_at_the_cap_and_decide_by_their_lower_end(monkeypatch):
+    conv = nn.Conv2d(3, 3, 3)
+    low = recon.decompose(conv, 2)
+    ratios = [1.4, 0.9] * 10
+    calls = iter(ratios)
+    monkeypatch.setattr("recon.bench.guard.median_latencies",
+                        lambda modules, inputs, repeats, channels_last: [next(calls) * 1e-3, 1e-3])
+    decision = time_replacement(conv, low, torch.zeros(1, 3, 5, 5), "c")
+    assert len(ratios) - len(list(calls)) == GUARD_MAX_ROUNDS
+    assert not decision.kept and decision.speedup == pytest.approx(0.9)
 
 
 def test_apply_bases_with_example_input_keeps_only_faster_layers(tmp_path, monkeypatch):
