@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
                 print(table[-1], flush=True)
                 continue
             start = time.perf_counter()
-            result.calibrate(model, lambda: data.loader("train", batch_size=250, limit=CALIBRATION["samples"]),
+            result.calibrate(lambda: data.loader("train", batch_size=250, limit=CALIBRATION["samples"]),
                              progress=False, **CALIBRATION)
             calibration_seconds = time.perf_counter() - start
             calibrated = accuracy(result.model, test)

@@ -30,7 +30,7 @@ def _seconds(model: torch.nn.Module, data: cifar.Cifar, target: float) -> tuple[
     result = compress(model, data.batches(), layers="all", ranks=policy, fold_batchnorm=True, asymmetric=True,
                       progress=False)
     middle = time.perf_counter()
-    result.reconstruct_blocks(model, data.batches(), progress=False)
+    result.reconstruct_blocks(data.batches(), progress=False)
     outcome = result.outcome
     return (middle - start, time.perf_counter() - middle,
             f"target {outcome.target:g}x {'met' if outcome.met else 'missed'}: measured {outcome.measured:.2f}x")

@@ -48,7 +48,7 @@ def test_reconstruction_lowers_block_errors_and_hands_blocks_over(tmp_path):
     before = {name: _block_error(result.model, model, name, images) for name in ("layer1.0", "layer3.0")}
     handed = []
     path = tmp_path / "blocks.h5"
-    report = result.reconstruct_blocks(model, data, path=path, epochs=5, progress=False)
+    report = result.reconstruct_blocks(data, path=path, epochs=5, progress=False)
     assert [b.block for b in report.blocks] == ["layer1.0", "layer2.0", "layer3.0"]
     for block in report.blocks:
         assert block.after <= block.before
@@ -77,9 +77,9 @@ def test_too_few_images_for_the_held_out_split_is_refused():
 def test_blocks_carried_from_block_to_block_match_full_passes(monkeypatch):
     model, data, carried = _compressed()
     full = copy.deepcopy(carried)
-    carried_report = carried.reconstruct_blocks(model, data, epochs=1, progress=False)
+    carried_report = carried.reconstruct_blocks(data, epochs=1, progress=False)
     monkeypatch.setattr("recon.pipeline.blocks.Carried.calls", lambda self, block: None)
-    full_report = full.reconstruct_blocks(model, data, epochs=1, progress=False)
+    full_report = full.reconstruct_blocks(data, epochs=1, progress=False)
     for a, b in zip(carried_report.blocks, full_report.blocks):
         assert a.before == pytest.approx(b.before, rel=1e-5) and a.after == pytest.approx(b.after, rel=1e-4)
     x = torch.randn(4, 3, 16, 16)

@@ -37,7 +37,7 @@ def test_calibration_lowers_the_error_on_unseen_images_and_saves(model, compress
     result = copy.deepcopy(compressed)
     images = unseen_images()
     before = output_error(result.model, model, images)
-    report = result.calibrate(model, train(), samples=1000, epochs=1, progress=False)
+    report = result.calibrate(train(), samples=1000, epochs=1, progress=False)
     after = output_error(result.model, model, images)
     assert after < 0.7 * before and report.after[0] < report.before[0]
     assert {record.mode for record in result.kept} == {"calibrated"}
@@ -75,7 +75,7 @@ def test_layers_without_bias_get_one_and_batchnorm_statistics_stay(tmp_path):
     batches = [torch.randn(50, 3, 8, 8) + 1.0 for _ in range(8)]
     result = recon.compress(model, layers=["first", "second"], ranks=2, input_size=(3, 8, 8), progress=False)
     running = model.norm.running_mean.clone()
-    result.calibrate(model, batches, samples=400, epochs=2, progress=False)
+    result.calibrate(batches, samples=400, epochs=2, progress=False)
     assert torch.equal(result.model.norm.running_mean, running)
     # the inputs' offset of 1 moves the means of the rank-2 outputs: the correction helps and stays
     assert all(result.model.get_submodule(name).bias is not None for name in ("first", "second"))

@@ -145,7 +145,7 @@ def test_models_with_tuple_outputs_go_through_sensitivities_and_calibration():
     expected = model_output(model(data[0])), model_output(result.model(data[0]))
     centred = expected[0] - expected[0].mean(0)
     assert change == pytest.approx(float(((expected[1] - expected[0]) ** 2).sum() / (centred ** 2).sum()), rel=1e-4)
-    report = result.calibrate(model, data, samples=32, epochs=1, progress=False)
+    report = result.calibrate(data, samples=32, epochs=1, progress=False)
     assert report.after[0] <= report.before[0]
 
 
@@ -161,16 +161,36 @@ def _changed():
     return model
 
 
-@pytest.mark.parametrize("dense, data, error, message", [
-    (lambda: None, tiny_batches(), ConfigError, "dense must be a torch.nn.Module"),
-    (lambda: nn.Sequential(nn.Conv2d(3, 3, 1)), tiny_batches(), ConfigError, "not the model given to compress"),
-    (_changed, tiny_batches(), ConfigError, "not the model given to compress"),
-    (tiny, None, DataError, "data must be batches"),
-    (tiny, [torch.randn(4, 5, 10, 10)], DataError, "failed on the calibration data"),
+@pytest.mark.parametrize("dense", [lambda: nn.Sequential(nn.Conv2d(3, 3, 1)), _changed])
+def test_a_dense_model_other_than_the_one_compressed_is_refused(compressed, dense):
+    with pytest.raises(ConfigError, match="not the model given to compress"):
+        compressed.reference(dense())
+    with pytest.raises(ConfigError, match="not the model given to compress"), pytest.warns(DeprecationWarning):
+        compressed.calibrate(dense(), tiny_batches(), samples=8, epochs=1, progress=False)
+
+
+def test_calibrate_refuses_a_second_positional_argument_that_follows_no_dense_model(compressed):
+    with pytest.raises(ConfigError, match="takes the data and keyword options, got 2 positional"):
+        compressed.calibrate(None, tiny_batches(), progress=False)
+
+
+@pytest.mark.parametrize("data, message", [
+    (None, "data must be batches"),
+    ([torch.randn(4, 5, 10, 10)], "failed on the calibration data"),
 ])
-def test_calibrate_checks_the_dense_model_and_the_data(compressed, dense, data, error, message):
-    with pytest.raises(error, match=message):
-        compressed.calibrate(dense(), data, samples=8, epochs=1, progress=False)
+def test_calibrate_names_bad_data(compressed, data, message):
+    with pytest.raises(DataError, match=message):
+        compressed.calibrate(data, samples=8, epochs=1, progress=False)
+
+
+def test_calibrate_without_the_dense_model_is_the_same_as_with_it():
+    results = [_compress(tiny(), tiny_batches()) for _ in range(2)]
+    reports = [results[0].calibrate(tiny_batches(), samples=12, epochs=1, progress=False)]
+    with pytest.warns(DeprecationWarning, match="calibrate\\(dense, data\\) is deprecated"):
+        reports.append(results[1].calibrate(tiny(), tiny_batches(), samples=12, epochs=1, progress=False))
+    assert reports[0].before == reports[1].before and reports[0].after == reports[1].after
+    x = tiny_batches()[0]
+    torch.testing.assert_close(results[0].model(x), results[1].model(x))
 
 
 def test_calibrate_names_layers_the_dense_model_lacks(compressed):

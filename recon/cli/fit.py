@@ -289,7 +289,7 @@ def fit(args: argparse.Namespace) -> int:
     if args.calibrate and not result.kept:
         print("calibration skipped: no layer was replaced")
     elif args.calibrate:
-        report = result.calibrate(model, calibration_data, samples=args.calibrate_samples,
+        report = result.calibrate(calibration_data, samples=args.calibrate_samples,
                                   epochs=args.calibrate_epochs)
         print(f"calibration: {report.describe()}")
         write(result.kept)

@@ -18,6 +18,7 @@ import copy
 import dataclasses
 import logging
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,8 +67,8 @@ class Compression:
     ``kept`` False and is not saved); ``skipped`` the layers the method refused, with why;
     ``outcome`` what the rank policy measured at the end (TargetSpeedup), else None;
     ``folded`` conv name -> the BatchNorm folded into it (``fold_batchnorm=True``);
-    ``originals`` each fitted layer's dense layer (folded), against which ``save`` measures the
-    modules again.
+    ``dense`` the copy of the model that ``compress`` worked on (BatchNorms folded): the
+    reference that calibration, block reconstruction and ``save`` measure the modules against.
     """
 
     model: nn.Module
@@ -79,7 +80,7 @@ class Compression:
     outcome: Outcome | None = None
     dense_layers: list[str] = field(default_factory=list)
     folded: dict[str, str] = field(default_factory=dict)
-    originals: dict[str, nn.Module] = field(default_factory=dict)
+    dense: nn.Module | None = None
 
     @property
     def kept(self) -> list[LayerRecord]:
@@ -91,33 +92,49 @@ class Compression:
         return table(self.layers.values(), self.config.max_output_loss, self.dense_layers, self.skipped,
                      self.config.method)
 
-    def reference(self, dense: nn.Module) -> nn.Module:
-        """``dense`` (the model given to ``compress``) as the low-rank model's layers are to
-        reproduce it: a copy with the same BatchNorms folded, or ``dense`` itself."""
+    def reference(self, dense: nn.Module | None = None) -> nn.Module:
+        """The dense model the low-rank layers are to reproduce: the copy ``compress`` worked on
+        (BatchNorms folded as in ``.model``), or ``dense`` (the model given to ``compress``,
+        checked by its hash) folded the same way."""
+        if dense is None:
+            return self.dense
         check_model(dense, "dense")
         if model_sha256(dense) != self.model_sha256:
             raise ConfigError("dense is not the model given to compress (its parameters differ): pass that model, "
                               "unchanged")
         return fold_batchnorms(copy.deepcopy(dense), self.folded) if self.folded else dense
 
-    def calibrate(self, dense: nn.Module, data: DataSource, **options: Any) -> CalibrationReport:
-        """Calibrate ``.model`` to ``dense`` (the model given to ``compress``) on unlabeled
-        ``data`` (``recon.pipeline.calibrate.calibrate``, which takes the ``options``), and
-        update the records so that ``save`` writes the calibrated factors."""
-        dense = self.reference(dense)
+    def _reference_and_data(self, data: Any, legacy: tuple, what: str) -> tuple[nn.Module, Any]:
+        """(the dense reference, the data) of ``what(data)``, or of the older ``what(dense, data)``."""
+        if not isinstance(data, nn.Module):
+            if legacy:
+                raise ConfigError(f"{what} takes the data and keyword options, got {1 + len(legacy)} positional "
+                                  "arguments")
+            return self.reference(), data
+        warnings.warn(f"{what}(dense, data) is deprecated: the Compression keeps its dense reference; call "
+                      f"{what}(data)", DeprecationWarning, stacklevel=3)
+        if len(legacy) != 1:
+            raise ConfigError(f"{what}(dense, data): give the data after the dense model")
+        return self.reference(data), legacy[0]
+
+    def calibrate(self, data: DataSource, *legacy: Any, **options: Any) -> CalibrationReport:
+        """Calibrate ``.model`` to the dense model (``reference()``) on unlabeled ``data``
+        (``recon.pipeline.calibrate.calibrate``, which takes the ``options``), and update the
+        records so that ``save`` writes the calibrated factors."""
+        dense, data = self._reference_and_data(data, legacy, "calibrate")
         report = calibrate(self.model, dense, data, **options)
         for record in retrained_records(dense, self.model, {r.name: r for r in self.kept}, "calibrated"):
             self.layers[record.name] = record
         return report
 
-    def reconstruct_blocks(self, dense: nn.Module, data: DataSource, path: str | Path | None = None,
+    def reconstruct_blocks(self, data: DataSource, *legacy: Any, path: str | Path | None = None,
                            **options: Any) -> BlockReport:
-        """Block reconstruction of ``.model`` against ``dense`` (the model given to ``compress``)
-        on unlabeled ``data`` (``recon.pipeline.blocks.reconstruct_blocks``, which takes the
+        """Block reconstruction of ``.model`` against the dense model (``reference()``) on
+        unlabeled ``data`` (``recon.pipeline.blocks.reconstruct_blocks``, which takes the
         ``options``); the records are updated so that ``save`` writes the new factors, and with
         ``path`` each improved block's layers are saved there at once (atomically), so an
         interruption loses nothing already reconstructed."""
-        dense = self.reference(dense)
+        dense, data = self._reference_and_data(data, legacy, "reconstruct_blocks")
 
         def update(result: BlockResult) -> None:
             records = {name: self.layers[name] for name in result.layers if name in self.layers}
@@ -148,7 +165,7 @@ class Compression:
         if not isinstance(module, LowRankModule):
             raise ConfigError(f"layer {record.name!r} of .model is a {type(module).__name__} now, not the low-rank "
                               "module compress put there: nothing of it to save")
-        return current_record(record, self.originals[record.name], module)
+        return current_record(record, self.reference().get_submodule(record.name), module)
 
 
 def _as_policy(ranks: Any) -> RankPolicy:
@@ -362,7 +379,7 @@ def compress(model: nn.Module, data: DataSource | None = None, *, layers: LayerS
         record.module = record.module.to(home)
     return Compression(approx, records, refusals(model, plan.method), plan.config, model_name or type(model).__name__,
                        model_sha256(model), outcome, [name for name in plan.layers if name not in chosen], folded,
-                       {name: work.get_submodule(name).to(home) for name in records})
+                       work.to(home))
 
 
 def _same_choice(record: LayerRecord, choice: Choice) -> bool:
