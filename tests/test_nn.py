@@ -13,7 +13,9 @@ import recon
 from recon.errors import LayerError
 from recon.nn import (ConvGeometry, CPConv, LinearGeometry, LowRankExpConv, LowRankLinear, Scheme1Conv, Scheme2Conv,
                       Tucker2Conv)
+from recon.nn.replace import replace_layer, restore_dense
 from solvers import scheme1, scheme2
+from tests.fixture_models import tiny, tiny_batches
 
 geometries = st.fixed_dictionaries({
     "c": st.integers(1, 5), "n": st.integers(1, 6),
@@ -158,3 +160,21 @@ def test_recon_nn_imports_neither_jax_nor_h5py():
             "print(bad); sys.exit(1 if bad else 0)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_restore_dense_puts_back_layers_that_compute_the_same(caplog):
+    result = recon.compress(tiny(), tiny_batches(), ranks=2, progress=False)
+    model = result.model
+    replace_layer(model, "head", recon.decompose(model.head, 1, method="svd"))
+    x = tiny_batches()[0]
+    before = model(x)
+    assert restore_dense(model) is model
+    assert not any(isinstance(m, recon.LowRankModule) for m in model.modules())
+    assert [type(model.get_submodule(n)) for n in ("features.0", "features.2", "features.4", "head")] == \
+        [nn.Conv2d] * 3 + [nn.Linear]
+    torch.testing.assert_close(model(x), before, rtol=1e-5, atol=1e-5)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with caplog.at_level("WARNING", logger="recon"):
+        restore_dense(model)  # nothing low-rank left: a no-op with a warning
+    assert "no low-rank module" in caplog.text
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
