@@ -33,7 +33,7 @@ from recon.bench.guard import MIN_SPEEDUP, time_replacement
 from recon.bench.timing import capture_layer_inputs
 from recon.errors import ConfigError, DataError
 from recon.folding import batchnorm_pairs, fold_batchnorms
-from recon.io.bases_file import BasesFile, update_bases, write_bases
+from recon.io.bases_file import update_bases
 from recon.io.hashing import model_sha256
 from recon.methods import Candidates, Method, SolverOptions
 from recon.nn import LowRankModule
@@ -47,6 +47,7 @@ from recon.pipeline.asymmetric import AsymmetricObserver
 from recon.pipeline.observe import observe
 from recon.pipeline.policies import Choice, Fixed, Outcome, RankPolicy, RankProblem, TargetSpeedup
 from recon.pipeline.report import MAX_OUTPUT_LOSS, table
+from recon.pipeline.save import write_records
 from recon.pipeline.select import LayerSpec, refusals, select_layers
 from recon.record import LayerRecord, current_record, retrained_records
 from recon.surgery import replace_layer
@@ -153,10 +154,7 @@ class Compression:
         if not records:
             raise ConfigError(f"nothing to save: no layer was replaced (kept dense: "
                               f"{', '.join(self.dense_layers + [r.name for r in self.layers.values()]) or 'none'})")
-        if merge and not overwrite:
-            update_bases(path, self.model_name, self.model_sha256, records)
-            return Path(path)
-        return write_bases(path, BasesFile(self.model_name, self.model_sha256, {r.name: r for r in records}), overwrite)
+        return write_records(path, self.model_name, self.model_sha256, records, merge, overwrite)
 
 
     def _as_now(self, record: LayerRecord) -> LayerRecord:
