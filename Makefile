@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.recon-installed
 DATA_FILE := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: setup data demo test bench clean
+.PHONY: setup data demo test test-quick bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -32,6 +32,10 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest
+
+# The quick tier (about 1.5 min on 2 cores): no notebooks, no slow tests, no Fashion-MNIST.
+test-quick: $(STAMP)
+	$(PY) -m pytest tests -o addopts="" -m "not slow and not dataset"
 
 bench: setup
 	$(PY) -m benchmarks.run

@@ -56,6 +56,7 @@ def test_moments_equal_one_pass_of_both_models_per_layer_as_layers_are_replaced(
     assert not np.allclose(expected.mean, expected.mean_hat)  # the last layer really saw approximated inputs
 
 
+@pytest.mark.slow
 def test_the_stem_runs_once_per_batch_and_model_whatever_the_depth():
     for depth in (8, 14):
         dense, batches = _resnet(depth), _batches()
@@ -93,6 +94,7 @@ def test_an_untraceable_model_falls_back_to_full_passes_with_a_warning(caplog):
     _assert_same(observer.moments("second"), observe_asymmetric(dense, approx, batches, "second", progress=False))
 
 
+@pytest.mark.slow
 def test_compress_results_do_not_depend_on_the_propagation(monkeypatch):
     dense, batches = _resnet(8), _batches()
     carried = recon.compress(dense, batches, ranks=3, asymmetric=True, progress=False)

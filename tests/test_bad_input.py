@@ -42,6 +42,7 @@ def test_bad_data_is_named(factory, message, tmp_path, capsys):
     assert "Traceback" not in err and not (tmp_path / "x.h5").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("factory", ["float64_images", "numpy_images"])
 def test_float64_and_numpy_batches_are_converted(factory, tmp_path, capsys):
     code, err = run_fit(capsys, "--model", TINY, "--data", f"tests.fixture_models:{factory}", "--layer", "all",

@@ -64,6 +64,7 @@ def test_reconstruction_lowers_block_errors_and_hands_blocks_over(tmp_path):
         assert result.layers[name].mode == "reconstructed"
 
 
+@pytest.mark.slow
 def test_too_few_images_for_the_held_out_split_is_refused():
     model, data, result = _compressed()
     with pytest.raises(ConfigError, match="at least 160 images"):
@@ -74,6 +75,7 @@ def test_too_few_images_for_the_held_out_split_is_refused():
         reconstruct_blocks(copy.deepcopy(model), model, data, progress=False)
 
 
+@pytest.mark.slow
 def test_blocks_carried_from_block_to_block_match_full_passes(monkeypatch):
     model, data, carried = _compressed()
     full = copy.deepcopy(carried)

@@ -33,6 +33,7 @@ def compressed(model):
                           progress=False)
 
 
+@pytest.mark.slow
 def test_calibration_lowers_the_error_on_unseen_images_and_saves(model, compressed, tmp_path):
     result = copy.deepcopy(compressed)
     images = unseen_images()
@@ -47,6 +48,7 @@ def test_calibration_lowers_the_error_on_unseen_images_and_saves(model, compress
     assert read_bases(path).layers["conv2"].mode == "calibrated"
 
 
+@pytest.mark.slow
 def test_steps_that_raise_the_held_out_error_are_undone(model, compressed):
     approx = copy.deepcopy(compressed.model)
     before = copy.deepcopy(approx.state_dict())
@@ -106,6 +108,7 @@ def test_bad_calibration_arguments_are_named(model, compressed):
         calibrate(copy.deepcopy(compressed.model), model, train(), epochs=-1)
 
 
+@pytest.mark.slow
 def test_the_cli_calibrates_and_saves(tmp_path, capsys):
     out = tmp_path / "c.h5"
     assert fit.main(["--layer", "conv3", "--bases", "8", "--mode", "filter", "--calibrate", "--calibrate-samples",

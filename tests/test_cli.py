@@ -69,6 +69,7 @@ def test_user_model_filter_mode_and_extending_a_file(tmp_path, capsys):
     assert rows["features.0"][1:4] == ["scheme2", "4", "filter"] and rows["features.4"][1:4] == ["scheme1", "3", "data"]
 
 
+@pytest.mark.slow
 def test_all_layers_with_a_1x1_conv_and_asymmetric_runs(tmp_path, capsys):
     out = tmp_path / "tiny.h5"
     code, stdout, _ = run_fit(capsys, "--model", TINY, "--data", "tests.fixture_models:tiny_batches", "--layer", "all",

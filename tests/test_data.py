@@ -6,6 +6,7 @@ import pytest
 from recon import data
 
 
+@pytest.mark.dataset
 def test_real_files_have_expected_counts_and_labels():
     for split, count in (("train", 60_000), ("test", 10_000)):
         images, labels = data.load_split(split)
@@ -16,6 +17,7 @@ def test_real_files_have_expected_counts_and_labels():
         assert labels.bincount().min() == count // 10
 
 
+@pytest.mark.dataset
 def test_normalisation_uses_training_statistics():
     images = data.dataset("train").tensors[0]
     assert abs(float(images.mean())) < 0.01
@@ -60,6 +62,7 @@ def test_unknown_split():
         data.load_split("validation")
 
 
+@pytest.mark.dataset
 def test_validation_split_is_the_tail_of_train_and_disjoint_from_fitting_images():
     validation = data.dataset("validation")
     train_images = data.dataset("train").tensors[0]

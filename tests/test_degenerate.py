@@ -42,6 +42,7 @@ def norm_ratio(record) -> float:
     return record.filter_energy_lost ** 0.5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("batches, padding, unseen", [(duplicated_channels, 1, 18), (constant_channel, 0, 9)])
 def test_directions_the_data_never_varies_in_stay_at_the_original_weights(batches, padding, unseen, caplog):
     with caplog.at_level(logging.WARNING, logger="recon"):
@@ -117,6 +118,7 @@ def _scheme1_error(weights, moments, ridge, dtype):
     return data_relative_error(weights, bias, w_hat, refit_bias(weights, bias, w_hat, moments), moments)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("solve", [_scheme2_error, _scheme1_error])
 @pytest.mark.parametrize("cond", [1e4, 1e8])
 @pytest.mark.parametrize("ridge", [0.0, 1e-3])
@@ -127,6 +129,7 @@ def test_float32_solves_reach_the_float64_solution_on_ill_conditioned_statistics
     assert single == pytest.approx(double, rel=0.03, abs=1e-5)
 
 
+@pytest.mark.slow
 def test_a_missed_target_exits_3_and_says_the_best_reached(tmp_path, capsys):
     code = fit.main(["--layer", "conv2", "--layer", "conv3", "--mode", "filter", "--target-speedup", "50",
                      "--guard-batch", "4", "--out", str(tmp_path / "t.h5")])
@@ -137,6 +140,7 @@ def test_a_missed_target_exits_3_and_says_the_best_reached(tmp_path, capsys):
     assert (tmp_path / "t.h5").exists()
 
 
+@pytest.mark.slow
 def test_lossy_layers_are_flagged_and_can_be_kept_dense():
     batches = [torch.randn(8, 3, 10, 10) for _ in range(3)]
     flagged = recon.compress(tiny(), batches, ranks=1, max_output_loss=0.05, progress=False)

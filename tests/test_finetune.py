@@ -18,6 +18,7 @@ def bases_file(model, tmp_path):
                           progress=False).save(tmp_path / "b.h5")
 
 
+@pytest.mark.dataset
 def test_only_factors_change_and_history_is_reported(model, tmp_path):
     low = apply_bases(copy.deepcopy(model), bases_file(model, tmp_path))
     before = {k: v.clone() for k, v in low.state_dict().items()}
@@ -31,6 +32,7 @@ def test_only_factors_change_and_history_is_reported(model, tmp_path):
     assert isinstance(low.conv3, LowRankExpConv)
 
 
+@pytest.mark.slow
 def test_cli_saves_a_bases_file_that_loads(model, tmp_path, capsys):
     path = bases_file(model, tmp_path)
     out = tmp_path / "ft.h5"
@@ -41,6 +43,7 @@ def test_cli_saves_a_bases_file_that_loads(model, tmp_path, capsys):
     apply_bases(zoo.load_model("fmnist-alexnet"), out)
 
 
+@pytest.mark.slow
 def test_a_destructive_step_size_is_undone_by_the_validation_check(model, tmp_path):
     low = apply_bases(copy.deepcopy(model), bases_file(model, tmp_path))
     before = copy.deepcopy(low.state_dict())

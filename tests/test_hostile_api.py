@@ -134,6 +134,7 @@ def test_a_tuple_or_dict_output_counts_every_floating_tensor():
         model_output({"ids": torch.arange(4)})
 
 
+@pytest.mark.slow
 def test_models_with_tuple_outputs_go_through_sensitivities_and_calibration():
     data = [torch.randn(16, 3, 8, 8, generator=torch.Generator().manual_seed(i)) for i in range(2)]
     model = TupleOutput()

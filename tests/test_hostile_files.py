@@ -162,6 +162,7 @@ def test_a_layer_with_hooks_or_a_patched_forward_is_not_replaced(saved, attach, 
         recon.apply_bases(model, saved)
 
 
+@pytest.mark.slow
 def test_target_speedup_measures_sensitivities_on_many_samples_even_from_one_sample_batches(monkeypatch):
     seen = []
 

@@ -94,6 +94,7 @@ def test_svd_truncation_is_eckart_young():
     assert lost == pytest.approx(float((s[5:] ** 2).sum()), rel=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["scheme2", "svd"])
 def test_closed_form_rank_errors_equal_the_fitted_errors(name):
     method = methods.get(name)
@@ -106,6 +107,7 @@ def test_closed_form_rank_errors_equal_the_fitted_errors(name):
         assert errors[rank - 1] == pytest.approx(record.filter_energy_lost, rel=1e-3, abs=1e-6)
 
 
+@pytest.mark.slow
 def test_estimates_bound_the_iterative_methods_from_the_right_side():
     conv = nn.Conv2d(8, 6, 3)
     with torch.no_grad():
@@ -157,6 +159,7 @@ def grouped_conv(g):
                      padding=g["padding"], dilation=g["dilation"], groups=g["groups"], bias=g["bias"])
 
 
+@pytest.mark.slow
 @settings(max_examples=40, deadline=None)
 @given(g=grouped_convs)
 def test_grouped_depthwise_and_pointwise_convs_are_exact_at_full_rank(g):
@@ -169,6 +172,7 @@ def test_grouped_depthwise_and_pointwise_convs_are_exact_at_full_rank(g):
     torch.testing.assert_close(module(x), conv(x), atol=2e-5, rtol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kwargs, rank", [(dict(groups=4), 2), (dict(groups=8), 1), (dict(groups=1, kernel_size=1), 3)])
 def test_grouped_depthwise_and_pointwise_data_fits_beat_filter_fits_on_outputs(kwargs, rank):
     kernel = kwargs.pop("kernel_size", 5)
@@ -210,6 +214,7 @@ def test_linear_data_fit_is_reduced_rank_regression_and_beats_the_svd():
     assert full.output_variance_lost == pytest.approx(0.0, abs=1e-5)
 
 
+@pytest.mark.slow
 def test_layers_are_solved_as_batches_with_the_results_of_solving_them_alone():
     """scheme1 pads the input channels of layers with one N and kernel; scheme2 stacks layers (and
     groups) of one shape."""
@@ -227,6 +232,7 @@ def test_layers_are_solved_as_batches_with_the_results_of_solving_them_alone():
             assert together[layer_name].filter_energy_lost == pytest.approx(alone.filter_energy_lost, abs=1e-3)
 
 
+@pytest.mark.dataset
 @pytest.mark.parametrize("name", [m.name for m in methods.REGISTRY.values() if m.exact_rank_errors])
 def test_exact_rank_errors_are_the_errors_of_the_quick_fit_in_data_mode(name, model, conv2_moments):
     """What ``exact_rank_errors`` promises and method="auto" relies on: the closed form equals

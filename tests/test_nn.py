@@ -58,6 +58,7 @@ def test_module_equals_its_dense_conv(g, kind, seed, size, rank):
     torch.testing.assert_close(got, expected, atol=1e-4 * max(1.0, float(expected.detach().abs().max())), rtol=1e-4)
 
 
+@pytest.mark.slow
 @settings(max_examples=25, deadline=None)
 @given(g=geometries.filter(lambda g: (g["kh"], g["kw"]) != (1, 1)), method=st.sampled_from(["scheme1", "scheme2"]))
 def test_full_rank_bases_reproduce_the_original_conv(g, method):
@@ -144,6 +145,7 @@ def test_script_inference_mode_and_half_precisions(method):
             module.float()
 
 
+@pytest.mark.slow
 def test_compile_matches_eager():
     module = recon.decompose(nn.Conv2d(4, 6, 3, padding=1), 3)
     x = torch.randn(1, 4, 8, 8)

@@ -28,6 +28,7 @@ def explicit_error(conv, w_hat, b_hat, inputs):
     return float(per_location.mean() / variance)
 
 
+@pytest.mark.slow
 @settings(max_examples=12, deadline=None)
 @given(c=st.integers(1, 4), n=st.integers(1, 5), k=st.integers(2, 4), stride=st.integers(1, 3),
        padding=st.integers(0, 2), dilation=st.integers(1, 2))
@@ -51,6 +52,7 @@ def test_moment_loss_equals_loss_from_explicit_outputs(c, n, k, stride, padding,
     assert data_relative_error(weights, bias, w_hat, bias, moments) == pytest.approx(explicit_raw, rel=1e-5, abs=1e-9)
 
 
+@pytest.mark.slow
 def test_real_statistics_data_mode_beats_filter_mode_scheme2(model, conv2_moments):
     weights = model.conv2.weight.detach().numpy()
     bias = model.conv2.bias.detach().numpy()
@@ -64,6 +66,7 @@ def test_real_statistics_data_mode_beats_filter_mode_scheme2(model, conv2_moment
     assert errors["data"] < 0.8 * errors["filter"]
 
 
+@pytest.mark.slow
 def test_real_statistics_data_mode_beats_filter_mode_scheme1(model, conv2_moments):
     weights = model.conv2.weight.detach().numpy()
     bias = model.conv2.bias.detach().numpy()

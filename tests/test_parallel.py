@@ -6,6 +6,7 @@ import sys
 import textwrap
 
 import numpy as np
+import pytest
 
 SCRIPT = textwrap.dedent("""
     import json, sys
@@ -30,6 +31,7 @@ def run_with_devices(count: int) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_sharded_equals_single_device():
     single, sharded = run_with_devices(1), run_with_devices(2)
     assert single["devices"] == 1 and sharded["devices"] == 2

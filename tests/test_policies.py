@@ -81,6 +81,7 @@ def test_target_speedup_allocates_for_every_method_in_both_formats(method, layer
         assert result.outcome is not None and set(result.layers) | set(result.dense_layers) == set(layers)
 
 
+@pytest.mark.dataset
 def test_no_candidate_rank_loses_more_than_the_bound_in_data_mode(model):
     moments = recon.observe(model, data.loader("train", batch_size=250, limit=250), ["conv3"], progress=False)
     method = methods.get("scheme2")
@@ -118,6 +119,7 @@ def test_target_speedup_end_to_end_fits_chosen_ranks():
     assert result.outcome.measured == result.outcome.spread.median and len(result.outcome.spread.rounds) >= 3
 
 
+@pytest.mark.slow
 def test_accuracy_budget_returns_ranks_within_budget_and_smaller_ranks_exceed_it(model):
     validation = data.loader("validation", batch_size=500, limit=1000)
     dense = accuracy(model, validation)
@@ -243,6 +245,7 @@ def test_a_method_without_a_closed_form_is_judged_by_its_measured_quick_fit_erro
     assert kept == [int(r) for r, e in zip(ranks, errors) if e <= 0.3]
 
 
+@pytest.mark.slow
 def test_target_speedup_in_data_mode_takes_grouped_and_depthwise_convs(monkeypatch):
     """Each group's covariance feeds the closed-form errors (a grouped layer's statistics are
     per group); the allocation's errors equal those computed group by group."""

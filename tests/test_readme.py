@@ -3,12 +3,15 @@ import copy
 import re
 from pathlib import Path
 
+import pytest
+
 import recon
 from recon import data, zoo
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 
+@pytest.mark.slow
 def test_readme_python_example_compresses_and_saves(tmp_path, monkeypatch):
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
     example = next(block for block in blocks if "recon.compress" in block)

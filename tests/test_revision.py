@@ -49,6 +49,7 @@ def _compress(revisions: int, monkeypatch):
     return recon.compress(tiny(), tiny_batches, layers=LAYERS, ranks=policy, patches_per_image=None, progress=False)
 
 
+@pytest.mark.slow
 def test_a_fitted_model_that_breaks_the_bound_gets_rank_back(monkeypatch, caplog):
     """Sensitivities stubbed a thousand times too small: the search's prediction promises an
     output change far below the bound, the fitted model breaks it, and the revision must give

@@ -60,6 +60,7 @@ def test_asymmetric_moments_split_the_same_way():
     assert split.without_held_out().count == split.count - alone.count
 
 
+@pytest.mark.slow
 def test_each_layer_gets_the_ridge_whose_fit_loses_least_on_the_held_out_samples():
     net, data = model(), images(40, 8)
     result = recon.compress(net, data, layers=["0", "2"], ranks=3, solver=recon.SolverOptions(ridge=RIDGE_GRID),

@@ -100,6 +100,7 @@ def _pointwise_loss(weights, quad, vertical, horizontal):
     return float(quad.loss(np.einsum("nkx,kcy->ncyx", horizontal, vertical) / quad.weight_scale))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", range(3))
 def test_pointwise_data_fit_is_the_reduced_rank_optimum(seed):
     """1x1 kernels: the closed form beats L-BFGS started anywhere and random rank-K candidates,
@@ -121,6 +122,7 @@ def test_pointwise_data_fit_is_the_reduced_rank_optimum(seed):
     assert scheme2.fit(weights.astype(np.float32), 9, quad).loss == pytest.approx(0.0, abs=1e-4)
 
 
+@pytest.mark.slow
 def test_batched_fit_equals_one_by_one():
     weights = np.stack([decaying_weights((8, 6, 3, 3), seed=s) for s in range(3)]).astype(np.float32)
     quads = stack_quadratics([data_objective(w, _correlated_moments(54, seed=s)) for s, w in enumerate(weights)])

@@ -30,6 +30,7 @@ def test_bundled_resnet_is_a_residual_network_with_batchnorm_and_projections():
     assert {m.out_channels for m in convs.values()} == {32, 64, 128} and not resnet.training
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, floor", [("fmnist-alexnet", 0.91), ("fmnist-resnet", 0.92)])
 def test_bundled_weights_reach_accuracy_on_fixed_subset(name, floor):
     subset = data.loader("test", batch_size=500, limit=2000)
