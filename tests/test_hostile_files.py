@@ -4,6 +4,7 @@ hooks a replacement would drop; data with one sample per batch."""
 import argparse
 import copy
 import re
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -215,6 +216,7 @@ def test_numpy_ranks_are_plain_ints_in_the_bases_file(tmp_path):
     ({"example_input": torch.zeros(2, 3, 10, 10, dtype=torch.uint8)}, "finite floating-point batch"),
     ({"example_input": torch.full((2, 3, 10, 10), float("nan"))}, "finite floating-point batch"),
     ({"example_input": torch.zeros(3, 10, 10, device="meta")}, "finite floating-point batch"),
+    ({"cache": Path(__file__).parent}, "the path of a JSON file, got the folder"), ({"cache": 5}, "got 5"),
 ])
 def test_target_speedup_arguments_are_checked_when_made(options, message):
     arguments = {"example_input": torch.zeros(2, 3, 10, 10), **options}

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -271,6 +272,9 @@ class TargetSpeedup(RankPolicy):
         if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
             raise ConfigError(f"repeats must be a whole number >= 1, got {repeats!r}")
         check_backend(backend)
+        if not isinstance(cache, bool) and (not isinstance(cache, (str, os.PathLike)) or Path(cache).is_dir()):
+            raise ConfigError(f"cache is True (the default file), False (this run only) or the path of a JSON file, "
+                              f"got {'the folder ' if isinstance(cache, (str, os.PathLike)) else ''}{cache!r}")
         if backend == "onnxruntime" and channels_last:
             raise ConfigError("channels_last is a torch memory format; the onnxruntime backend chooses its own layouts")
         if max_output_change is not None and not max_output_change > 0:
