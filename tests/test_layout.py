@@ -63,7 +63,7 @@ LEVELS = [
     {"recon", "recon.version", "recon.errors", "solvers"},
     {"recon.nn"},
     {"recon.methods"},
-    {"recon.record", "recon.folding", "recon.data", "recon.metrics"},
+    {"recon.record", "recon.folding", "recon.data", "recon.metrics", "recon.model_checks"},
     {"recon.io", "recon.bench"},
     {"recon.surgery", "recon.zoo"},
     {"recon.pipeline"},

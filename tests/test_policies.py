@@ -104,7 +104,7 @@ def test_no_candidate_rank_loses_more_than_the_bound_in_data_mode(model):
 def test_policy_arguments_are_checked_at_once():
     with pytest.raises(ConfigError, match="target speedup must be a number > 1, got -2"):
         TargetSpeedup(-2, torch.zeros(1, 3, 10, 10))
-    with pytest.raises(ConfigError, match="needs an example input tensor"):
+    with pytest.raises(ConfigError, match="example input must be a torch.Tensor"):
         TargetSpeedup(2, None)
     with pytest.raises(ConfigError, match="between 0 and 100 points"):
         recon.AccuracyBudget(0, lambda model: 1.0)

@@ -11,7 +11,7 @@ from torch import nn
 
 from recon import data, zoo
 from recon.errors import ConfigError, DataError, ReconError
-from recon.pipeline.model_checks import check_model
+from recon.model_checks import check_model
 
 
 def _import_factory(spec: str) -> Callable:

@@ -15,6 +15,11 @@
 One reader validates everything: format, version, every attribute it converts (naming the
 layer and the attribute at fault), and the tensors, by building the module through the
 method registry and comparing names and shapes with its state_dict before loading it.
+A damaged file (bytes changed on disk, a half-copied file) is a BasesFileError saying so:
+the global heaps are checked before HDF5 reads them (some damage there makes HDF5 loop
+forever), what HDF5 raises on reading is reported as damage, and so are values recon would
+not have written (a NaN recorded error, a hash that is not one). The factors are covered by
+their sha256; damage that leaves other attributes valid can still go unseen.
 Writes are atomic and locked (``recon.io.atomic``).
 """
 from __future__ import annotations
@@ -23,6 +28,8 @@ import contextlib
 import datetime as _dt
 import hashlib
 import json
+import math
+import mmap
 import os
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
@@ -35,11 +42,10 @@ import numpy as np
 import torch
 
 from recon import methods
-from recon.bench.guard import GuardDecision
-from recon.errors import BasesFileError, ConfigError
+from recon.errors import BasesFileError, ConfigError, ReconError
 from recon.io.atomic import exclusive, replace_atomically, resolve
 from recon.nn import ConvGeometry, Geometry, LinearGeometry, LowRankModule
-from recon.record import LayerRecord
+from recon.record import GuardDecision, LayerRecord
 from recon.version import __version__
 from solvers.conditioning import Conditioning
 
@@ -49,6 +55,12 @@ CHECKSUM = "sha256"  # attribute of every dataset written: the sha256 of its val
 MAX_SIZE = 1 << 28  # the most values a factor, and the largest channel count, a bases file may declare
 MAX_HISTORY = 1 << 20  # the most values a solver-diagnostics dataset may declare
 MODES = ("filter", "data", "calibrated", "reconstructed", "finetuned")
+DAMAGED = "the file is damaged; re-save it from its fit (Compression.save) or fit again"
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"  # starts the superblock, at byte 0, 512, 1024, 2048, ...
+GLOBAL_HEAP = b"GCOL\x01\x00\x00\x00"  # starts a global heap collection: signature, version 1, reserved
+HEAP_HEADER = 16  # bytes of a collection's header, and of each object's header in it (8-byte lengths)
+# what HDF5, h5py and the decoding of a damaged file's values raise
+READ_ERRORS = (OSError, RuntimeError, LookupError, ValueError, TypeError, AttributeError, OverflowError)
 
 
 @dataclass
@@ -70,7 +82,7 @@ class _Reader:
         self.node, self.where = node, where
 
     def fail(self, message: str) -> BasesFileError:
-        return BasesFileError(f"{self.where}: {message}")
+        return BasesFileError(f"{self.where}: {message}: {DAMAGED}")
 
     def has(self, key: str) -> bool:
         return key in self.node.attrs
@@ -109,6 +121,26 @@ def _rank(value: Any) -> int | tuple[int, ...]:
     if not values or min(values) < 1:
         raise ValueError("ranks are positive integers")
     return values[0] if np.ndim(value) == 0 else values
+
+
+def _energy_lost(value: Any) -> float:
+    """A recorded weight error: a NaN would switch the check of the factors against it off."""
+    number = float(value)
+    if not (math.isfinite(number) and number >= 0):
+        raise ValueError("expected a finite number >= 0, the fraction of the weights' energy the factors lose")
+    return number
+
+
+def _digest(value: Any) -> str:
+    """A sha256 as recorded: 64 hexadecimal digits (a damaged one would blame the model's weights)."""
+    if not (isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)):
+        raise ValueError("expected a sha256, 64 hexadecimal digits")
+    return value
+
+
+def _optional_digest(value: Any) -> str | None:
+    """A recorded bias sha256, or None where the layer has no bias (recorded as "")."""
+    return None if value == "" else _digest(value)
 
 
 def _shape(value: Any) -> tuple[int, ...]:
@@ -210,8 +242,8 @@ def _values(dataset: h5py.Dataset, name: str, at: str) -> np.ndarray:
     if recorded is not None:
         recorded = recorded.decode() if isinstance(recorded, bytes) else str(recorded)
         if recorded != _sha256(values):
-            raise BasesFileError(f"{at}: field {name!r} does not match its recorded checksum (the file was changed or "
-                                 "damaged after it was written); fit the layer again")
+            raise BasesFileError(f"{at}: field {name!r} does not match its recorded checksum (its values changed "
+                                 f"after they were written): {DAMAGED}")
     return values
 
 
@@ -239,6 +271,8 @@ def _children(group: h5py.Group, at: str) -> dict[str, h5py.Group | h5py.Dataset
     children = {}
     for key in group:
         link = group.get(key, getlink=True)
+        if link is None:
+            raise _damaged(at, f"member {group.name}/{key} is listed but cannot be opened")
         if not isinstance(link, h5py.HardLink):
             raise BasesFileError(f"{at}: {group.name}/{key} is a {type(link).__name__}; bases files hold their own "
                                  "data, and recon does not follow links")
@@ -283,9 +317,9 @@ def _read_layer_v2(name: str, group: h5py.Group, at: str) -> LayerRecord:
         guard = GuardDecision(name, attrs.get("guard_dense_ms", float), attrs.get("guard_low_rank_ms", float), True)
     return LayerRecord(
         name=name, method=method.name, rank=rank, mode=_mode(attrs), geometry=geometry,
-        module=_module(method, geometry, rank, tensors, at), weight_sha256=attrs.get("weight_sha256", str),
-        bias_sha256=attrs.get("bias_sha256", str) or None,
-        filter_energy_lost=attrs.get("filter_energy_lost", float),
+        module=_module(method, geometry, rank, tensors, at), weight_sha256=attrs.get("weight_sha256", _digest),
+        bias_sha256=attrs.get("bias_sha256", _optional_digest),
+        filter_energy_lost=attrs.get("filter_energy_lost", _energy_lost),
         output_variance_lost=attrs.get("output_variance_lost", float),
         input_shape=attrs.optional("input_shape", _shape), dense_macs=attrs.optional("dense_macs", int),
         macs=attrs.optional("macs", int), fit_seconds=attrs.get("fit_seconds", float), guard=guard,
@@ -340,8 +374,8 @@ def _read_layer_v1(name: str, group: h5py.Group, at: str) -> LayerRecord:
         raise attrs.fail("groups must be 1 in schema v1")
     module = _module(method, geometry, rank, _v1_tensors(method, geometry, rank, factors, bias, at), at)
     return LayerRecord(name=name, method=method.name, rank=rank, mode=mode, geometry=geometry, module=module,
-                       weight_sha256=attrs.get("weight_sha256", str), bias_sha256=None,
-                       filter_energy_lost=attrs.get("filter_rel_error", float), output_variance_lost=data_error,
+                       weight_sha256=attrs.get("weight_sha256", _digest), bias_sha256=None,
+                       filter_energy_lost=attrs.get("filter_rel_error", _energy_lost), output_variance_lost=data_error,
                        history=_history(group, at))
 
 
@@ -361,20 +395,96 @@ def _v1_tensors(method: methods.Method, geometry: Geometry, rank: Any, factors: 
     return tensors
 
 
+def check_path(path: object, what: str = "path") -> Path:
+    """``path`` as a Path; ConfigError unless it is a str or os.PathLike (not bytes, not None)."""
+    if isinstance(path, (bytes, bytearray)) or not isinstance(path, (str, os.PathLike)):
+        raise ConfigError(f"{what} must be a str or os.PathLike naming a bases file, got {type(path).__name__}")
+    return Path(path)
+
+
+def _damaged(where: str, what: str) -> BasesFileError:
+    return BasesFileError(f"{where}: {what}: {DAMAGED}")
+
+
 @contextlib.contextmanager
-def _opened(path: str | os.PathLike) -> Iterator[tuple[h5py.File, _Reader, int]]:
-    """The open bases file, a reader of its root attributes and its schema version, after
-    checking that it is one (format, version, the layers group)."""
-    path = Path(path)
+def _reading(path: Path) -> Iterator[None]:
+    """Report what HDF5 raises on reading ``path`` as damage (the cause chained); recon's own
+    errors pass unchanged."""
+    try:
+        yield
+    except ReconError:
+        raise
+    except READ_ERRORS as err:
+        raise _damaged(str(path), f"HDF5 cannot read it ({type(err).__name__}: {err})") from err
+
+
+def _length_size(data: mmap.mmap) -> int | None:
+    """The size of lengths (bytes) the file's superblock declares; None without a superblock."""
+    offset = 0
+    while offset + 16 <= len(data):
+        if data[offset:offset + 8] == HDF5_SIGNATURE:
+            return data[offset + (14 if data[offset + 8] < 2 else 10)]  # superblock versions 0-1 and 2-3
+        offset = 512 if offset == 0 else 2 * offset
+    return None
+
+
+def _heap_problem(data: mmap.mmap, start: int) -> str | None:
+    """What is wrong with the global heap collection at byte ``start``, its objects walked as HDF5
+    walks them (None: nothing)."""
+    end = start + int.from_bytes(data[start + 8:start + 16], "little")
+    if not start + HEAP_HEADER <= end <= len(data):
+        return f"declares {end - start} bytes, past the end of the file"
+    at = start + HEAP_HEADER
+    while at + HEAP_HEADER <= end:
+        index = int.from_bytes(data[at:at + 2], "little")
+        size = int.from_bytes(data[at + 8:at + 16], "little")
+        step = size if index == 0 else HEAP_HEADER + -(-size // 8) * 8  # free space (0) counts its header
+        if step < HEAP_HEADER or at + step > end:
+            return f"holds object {index} of {size} bytes at byte {at}, which does not fit in it"
+        at += step
+    return None
+
+
+def _check_global_heaps(path: Path) -> None:
+    """Refuse a damaged global heap collection (HDF5 keeps variable-length strings, such as the
+    attributes, there) before HDF5 reads it: an object of size 0 there makes HDF5 loop forever.
+    Files with other than 8-byte lengths are left to HDF5."""
+    with open(path, "rb") as handle:
+        if os.fstat(handle.fileno()).st_size == 0:
+            return
+        with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            if _length_size(data) != 8:
+                return
+            start = data.find(GLOBAL_HEAP)
+            while start >= 0:
+                problem = _heap_problem(data, start)
+                if problem:
+                    raise _damaged(str(path), f"the global heap at byte {start} {problem}")
+                start = data.find(GLOBAL_HEAP, start + 1)
+
+
+def _existing(path: object) -> Path:
+    """``path`` after checking that it names a file."""
+    path = check_path(path)
     if path.is_dir():
         raise BasesFileError(f"{path} is a directory, not a bases file")
     if not path.is_file():
         raise BasesFileError(f"bases file {path} does not exist")
+    return path
+
+
+@contextlib.contextmanager
+def _opened(path: str | os.PathLike) -> Iterator[tuple[h5py.File, _Reader, int]]:
+    """The open bases file, a reader of its root attributes and its schema version, after
+    checking that it is one (format, version, the layers group); for reading only: what HDF5
+    raises in the ``with`` block is reported as damage."""
+    path = _existing(path)
+    _check_global_heaps(path)
     try:
         handle = h5py.File(path, "r")
     except OSError as err:
         raise BasesFileError(f"{path} is not a readable HDF5 file ({err})") from err
-    with handle as source:
+    with handle as source, _reading(path):
         root = _Reader(source, str(path))
         fmt = root.optional("format", str)
         if fmt != FORMAT:
@@ -384,8 +494,10 @@ def _opened(path: str | os.PathLike) -> Iterator[tuple[h5py.File, _Reader, int]]
             raise BasesFileError(f"{path} has schema version {version}; this recon reads versions 1 and {VERSION}")
         if "layers" not in source:
             raise BasesFileError(f"{path}: group '/layers' is missing")
-        if not isinstance(_children(source, str(path))["layers"], h5py.Group):
-            raise BasesFileError(f"{path}: '/layers' must be a group")
+        layers = _children(source, str(path))["layers"]
+        if not isinstance(layers, h5py.Group):
+            raise _damaged(str(path), f"'/layers' is a {type(layers).__name__}, not the group of layers a bases file "
+                                      "holds")
         yield source, root, version
 
 
@@ -431,7 +543,7 @@ def _write(temporary: Path, model: str, model_hash: str, records: Iterable[Layer
 
 def check_folder(path: str | os.PathLike) -> Path:
     """The resolved ``path`` after checking that a file can be written there."""
-    target = resolve(path)
+    target = resolve(check_path(path))
     if target.is_dir():
         raise BasesFileError(f"cannot write {path}: it is a directory; give a file name such as {Path(path) / 'bases.h5'}")
     if not target.parent.is_dir():
@@ -476,11 +588,10 @@ def check_destination(path: str | os.PathLike, model: str, model_hash: str) -> N
     target = check_folder(path)
     if not _is_new(target):
         with _opened(target) as (_, root, _):
-            _check_same_model(target, root, model, model_hash)
+            _check_same_model(target, root.get("model", str), root.get("model_sha256", str), model, model_hash)
 
 
-def _check_same_model(path: Path, root: _Reader, model: str, model_hash: str) -> None:
-    existing_model, existing_hash = root.get("model", str), root.get("model_sha256", str)
+def _check_same_model(path: Path, existing_model: str, existing_hash: str, model: str, model_hash: str) -> None:
     if existing_hash != model_hash:
         raise BasesFileError(
             f"{path} holds bases for another model ({existing_model}, sha256 {existing_hash[:12]}...); "
@@ -493,8 +604,9 @@ def update_bases(path: str | os.PathLike, model: str, model_hash: str, records: 
 
     Layers already in the file and not in ``records`` are kept (copied as they are; a version 1
     file is converted); the read, merge and write happen under the file's lock, so concurrent
-    updates do not lose each other's layers. A file fitted to another model (different
-    ``model_sha256``) is refused rather than mixed.
+    updates do not lose each other's layers. The file is read and validated first: a damaged
+    one is refused rather than copied, and so is a file fitted to another model (different
+    ``model_sha256``) rather than mixed.
     """
     check_folder(path)
     new = {record.name: record for record in records}
@@ -502,14 +614,14 @@ def update_bases(path: str | os.PathLike, model: str, model_hash: str, records: 
         if _is_new(target):
             replace_atomically(target, lambda temporary: _write(temporary, model, model_hash, new.values()))
             return list(new)
-        with _opened(target) as (source, root, version):
-            _check_same_model(target, root, model, model_hash)
-            kept = [name for name in source["layers"] if name not in new]
-            if version != VERSION:
-                converted = read_bases(target).layers
-                records = [converted[name] for name in kept] + list(new.values())
-                replace_atomically(target, lambda temporary: _write(temporary, model, model_hash, records))
-            else:
+        existing = read_bases(target)
+        _check_same_model(target, existing.model, existing.model_sha256, model, model_hash)
+        kept = [name for name in existing.layers if name not in new]
+        if existing.version != VERSION:
+            records = [existing.layers[name] for name in kept] + list(new.values())
+            replace_atomically(target, lambda temporary: _write(temporary, model, model_hash, records))
+        else:
+            with h5py.File(target, "r") as source:  # validated above: copied as it is
                 replace_atomically(target, lambda temporary: _write(temporary, model, model_hash, new.values(),
                                                                      kept_from=source, kept=kept))
         return kept + list(new)

@@ -28,10 +28,10 @@ import torch
 from torch import nn
 
 from recon.errors import ConfigError, DataError
+from recon.model_checks import check_model
 from recon.nn import LowRankModule
 from recon.pipeline.batches import Batches
 from recon.pipeline.finetune import clipped_step, only_trainable, relative_adam, shuffled_batches
-from recon.pipeline.model_checks import check_model
 from recon.pipeline.sensitivity import channel_axis, model_output, relative_change
 
 LOG = logging.getLogger("recon")

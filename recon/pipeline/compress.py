@@ -36,14 +36,14 @@ from recon.folding import batchnorm_pairs, fold_batchnorms
 from recon.io.bases_file import update_bases
 from recon.io.hashing import model_sha256
 from recon.methods import Candidates, Method, SolverOptions
+from recon.model_checks import check_model, copied
 from recon.nn import LowRankModule
+from recon.pipeline.asymmetric import AsymmetricObserver
 from recon.pipeline.batches import Batches, DataSource
 from recon.pipeline.blocks import BlockReport, BlockResult, reconstruct_blocks
 from recon.pipeline.calibrate import CalibrationReport, calibrate
 from recon.pipeline.config import CompressConfig
 from recon.pipeline.fitting import fit_layer, fit_layers, to_numpy
-from recon.pipeline.model_checks import check_model, copied
-from recon.pipeline.asymmetric import AsymmetricObserver
 from recon.pipeline.observe import observe
 from recon.pipeline.policies import Choice, Fixed, Outcome, RankPolicy, RankProblem, TargetSpeedup
 from recon.pipeline.report import MAX_OUTPUT_LOSS, table

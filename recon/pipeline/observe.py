@@ -26,9 +26,9 @@ from torch import nn
 from tqdm import tqdm
 
 from recon.errors import DataError, LayerError
+from recon.model_checks import check_model
 from recon.nn import ConvGeometry, Geometry, geometry_of
 from recon.pipeline.batches import Batches, DataSource
-from recon.pipeline.model_checks import check_model
 from solvers.objectives import Moments
 
 

@@ -33,6 +33,7 @@ from recon.bench.placeholders import timing_model
 from recon.bench.timing import Spread, capture_layer_inputs, spread_until_stable
 from recon.errors import ConfigError, FitError
 from recon.methods import Method
+from recon.model_checks import check_example
 from recon.nn import Geometry, LowRankModule
 from recon.pipeline.allocate import LayerChoices, allocate
 from recon.pipeline.fitting import approximation_error, to_numpy
@@ -259,14 +260,7 @@ class TargetSpeedup(RankPolicy):
                  max_output_change: float | None = 0.1, backend: str = "torch") -> None:
         if not (isinstance(factor, (int, float)) and math.isfinite(factor) and factor > 1):
             raise ConfigError(f"the target speedup must be a number > 1, got {factor!r}")
-        if not isinstance(example_input, torch.Tensor):
-            raise ConfigError(f"TargetSpeedup needs an example input tensor to time the model on, "
-                              f"got {type(example_input).__name__}")
-        if not example_input.is_floating_point() or example_input.ndim < 2 or example_input.is_meta \
-                or not bool(torch.isfinite(example_input).all()):
-            raise ConfigError(f"TargetSpeedup's example input must be a finite floating-point batch (batch dimension "
-                              f"first) with real values, like the model's inputs; got {example_input.dtype} of shape "
-                              f"{tuple(example_input.shape)} on {example_input.device}")
+        check_example(example_input, "TargetSpeedup's example input")
         if not (isinstance(margin, (int, float)) and math.isfinite(margin) and margin >= 0):
             raise ConfigError(f"margin must be a finite number >= 0, got {margin!r}")
         if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:

@@ -14,8 +14,8 @@ from recon.errors import ConfigError
 from recon.folding import batchnorm_pairs, fold_batchnorms
 from recon.io.bases_file import BasesFile, update_bases, write_bases
 from recon.io.hashing import layer_sha256, model_sha256
+from recon.model_checks import check_model
 from recon.nn import LowRankModule
-from recon.pipeline.model_checks import check_model
 from recon.record import LayerRecord, filter_energy_lost
 
 

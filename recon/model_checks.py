@@ -1,6 +1,6 @@
-"""What a model must be for recon to work on it, checked before anything slow: an eager
-``nn.Module`` with real weights, which ``copy.deepcopy`` can copy (``compress`` never edits
-the user's model)."""
+"""What a model and an example input must be for recon to work on them, checked before
+anything slow: an eager ``nn.Module`` with real weights, which ``copy.deepcopy`` can copy
+(``compress`` never edits the user's model), and a finite floating-point batch."""
 from __future__ import annotations
 
 import copy
@@ -21,8 +21,8 @@ def _pruned(model: nn.Module) -> list[str]:
 def check_model(model: object, what: str = "model") -> nn.Module:
     """``model`` if recon can work on it; ConfigError saying what is wrong and what to do."""
     if isinstance(model, torch.jit.ScriptModule):
-        raise ConfigError(f"{what} is a TorchScript (scripted or traced) module: recon replaces layers of the eager "
-                          "nn.Module; compress that, then script or trace the result")
+        raise ConfigError(f"{what} is a TorchScript (scripted or traced) module: recon needs the eager nn.Module, "
+                          "whose layers it can replace; give that, then script or trace the result")
     if not isinstance(model, nn.Module):
         raise ConfigError(f"{what} must be a torch.nn.Module, got {type(model).__name__}")
     parameters = list(model.parameters())
@@ -45,3 +45,15 @@ def copied(model: nn.Module) -> nn.Module:
     except (RuntimeError, TypeError) as err:  # non-leaf tensors (weight_norm, parametrisations) and the like
         raise ConfigError(f"the model cannot be copied with copy.deepcopy ({err}); recon works on a copy and never "
                           "edits the model given") from err
+
+
+def check_example(example: object, what: str) -> torch.Tensor:
+    """``example`` if it is a batch a model can be timed and probed on: a finite floating-point
+    tensor with real values, batch dimension first; ConfigError otherwise."""
+    if not isinstance(example, torch.Tensor):
+        raise ConfigError(f"{what} must be a torch.Tensor (a batch the model takes), got {type(example).__name__}")
+    if not example.is_floating_point() or example.ndim < 2 or example.is_meta or not bool(torch.isfinite(example).all()):
+        raise ConfigError(f"{what} must be a finite floating-point batch (batch dimension first) with real values, "
+                          f"like the model's inputs; got {example.dtype} of shape {tuple(example.shape)} on "
+                          f"{example.device}")
+    return example
