@@ -187,6 +187,7 @@ def test_target_speedup_measures_sensitivities_on_many_samples_even_from_one_sam
     ({"solver": {"ridge": 0.1}}, "solver must be a recon.SolverOptions, got dict: recon.SolverOptions\\(\\*\\*settings\\)"),
     ({"on_layers": 5}, "on_layers must be a function"),
     ({"guard": True, "timing_batch": 10 ** 9}, "timing_batch must be at most 4096"),
+    ({"layers": 0}, "layers must be a name, .* got int"),
 ])
 def test_compress_arguments_are_checked_before_any_work(options, message):
     arguments = {"data": tiny_batches, "ranks": 2, "progress": False, **options}

@@ -89,6 +89,9 @@ def select_layers(model: nn.Module, layers: LayerSpec, method: Method | Candidat
     if callable(layers) and not isinstance(layers, re.Pattern):
         chosen = {name for name in eligible if layers(model.get_submodule(name), name)}
     else:
+        if not isinstance(layers, (str, re.Pattern, Sequence, set)):
+            raise ConfigError(f"layers must be a name, \"all\", a regular expression, a function (module, name) -> "
+                              f"bool or a list of names and patterns; got {type(layers).__name__}")
         specs = [layers] if isinstance(layers, (str, re.Pattern)) else list(layers)
         if not specs:
             raise ConfigError("no layers were named")
