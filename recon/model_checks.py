@@ -38,6 +38,15 @@ def check_model(model: object, what: str = "model") -> nn.Module:
     return model
 
 
+def check_made_from(dense: nn.Module, names: list[str]) -> None:
+    """ConfigError unless ``dense`` has every layer of ``names`` (those of a low-rank model that
+    is to be compared with the dense model it was made from)."""
+    present = {name for name, _ in dense.named_modules()}
+    missing = [name for name in names if name not in present]
+    if missing:
+        raise ConfigError(f"dense has no layer {', '.join(missing[:4])}: give the model the low-rank one was made from")
+
+
 def copied(model: nn.Module) -> nn.Module:
     """A deep copy of a checked ``model``; ConfigError when it cannot be copied."""
     try:

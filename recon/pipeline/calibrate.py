@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from recon.errors import ConfigError, DataError
-from recon.model_checks import check_model
+from recon.model_checks import check_made_from, check_model
 from recon.nn import LowRankModule
 from recon.pipeline.batches import Batches
 from recon.pipeline.finetune import clipped_step, only_trainable, relative_adam, shuffled_batches
@@ -127,10 +127,7 @@ def calibrate(approx: nn.Module, dense: nn.Module, data: Iterable, *, samples: i
     names = low_rank_layers(approx)
     if not names:
         raise ConfigError("the model has no low-rank layer: nothing to calibrate")
-    missing = [name for name in names if name not in dict(dense.named_modules())]
-    if missing:
-        raise ConfigError(f"dense has no layer {', '.join(missing[:4])}: calibrate against the model the low-rank "
-                          "model was made from")
+    check_made_from(dense, names)
     _check(samples, epochs, batch_size, lr)
     start = time.perf_counter()
     parameter = next(approx.parameters())

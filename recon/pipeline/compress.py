@@ -156,7 +156,6 @@ class Compression:
                               f"{', '.join(self.dense_layers + [r.name for r in self.layers.values()]) or 'none'})")
         return write_records(path, self.model_name, self.model_sha256, records, merge, overwrite)
 
-
     def _as_now(self, record: LayerRecord) -> LayerRecord:
         """``record`` as ``.model`` holds its layer now (the user may have trained or edited it)."""
         module = self.model.get_submodule(record.name)

@@ -450,7 +450,8 @@ class TargetSpeedup(RankPolicy):
     def outcome(self, dense: nn.Module, approx: nn.Module) -> Outcome:
         """The fitted model timed against the dense one in rounds until they agree
         (``spread_until_stable``; the first three rounds cost one timing of ``repeats`` calls);
-        the target counts as met only when the least favourable round meets it."""
+        the target counts as met only when the lower end of the middle rounds (``Spread.low``)
+        reaches it."""
         parameter = next(dense.parameters())
         example = self.example_input.to(parameter.device, parameter.dtype)
         per_round = max(1, math.ceil(self.repeats / OUTCOME_MIN_ROUNDS))

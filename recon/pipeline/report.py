@@ -41,15 +41,14 @@ def table(records: Iterable[LayerRecord], max_output_loss: float = MAX_OUTPUT_LO
     (``skipped``: name -> why).
     """
     records = list(records)
-    limit = max_output_loss
-    rows = [_row(record, limit) for record in records]
+    rows = [_row(record, max_output_loss) for record in records]
     widths = [max(len(header), *(len(row[i]) for row in rows)) if rows else len(header)
               for i, header in enumerate(COLUMNS)]
     line = lambda cells: "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(cells, widths)))
     lines = [line(COLUMNS), "-" * len(line(COLUMNS))] + [line(row) for row in rows]
-    lossy = [f"{r.name} ({r.output_variance_lost:.2f})" for r in records if r.output_variance_lost > limit]
+    lossy = [f"{r.name} ({r.output_variance_lost:.2f})" for r in records if r.output_variance_lost > max_output_loss]
     if lossy:
-        lines.append(f"! output variance lost above {limit:g}: {', '.join(lossy)}")
+        lines.append(f"! output variance lost above {max_output_loss:g}: {', '.join(lossy)}")
     dense = [f"{r.name} ({r.dense_reason})" for r in records if not r.kept]
     if dense:
         lines.append(f"dense layer kept instead: {'; '.join(dense)}")

@@ -14,7 +14,7 @@ from recon.errors import ConfigError
 from recon.folding import batchnorm_pairs, fold_batchnorms
 from recon.io.bases_file import BasesFile, update_bases, write_bases
 from recon.io.hashing import layer_sha256, model_sha256
-from recon.model_checks import check_model
+from recon.model_checks import check_made_from, check_model
 from recon.nn import LowRankModule
 from recon.record import LayerRecord, filter_energy_lost
 
@@ -61,9 +61,7 @@ def low_rank_records(model: nn.Module, dense: nn.Module) -> list[LayerRecord]:
     names = [name for name, module in model.named_modules() if isinstance(module, LowRankModule)]
     if not names:
         raise ConfigError("the model holds no low-rank module: nothing to save")
-    missing = [name for name in names if name not in dict(dense.named_modules())]
-    if missing:
-        raise ConfigError(f"dense has no layer {', '.join(missing[:4])}: give the model the low-rank one was made from")
+    check_made_from(dense, names)
     folds = _folded(model, dense, names)
     reference = fold_batchnorms(copy.deepcopy(dense), folds) if folds else dense
     return [_record(name, model.get_submodule(name), reference.get_submodule(name), folds.get(name)) for name in names]

@@ -52,20 +52,23 @@ def refusals(model: nn.Module, method: Method | Candidates) -> dict[str, str]:
     return reasons
 
 
-def eligible_layers(model: nn.Module, method: Method | Candidates) -> list[str]:
-    """Qualified names of every layer ``method`` can replace, in registration order."""
-    names = _names_by_module(model)
+def eligible_layers(model: nn.Module, method: Method | Candidates,
+                    names: dict[int, list[str]] | None = None) -> list[str]:
+    """Qualified names of every layer ``method`` can replace, in registration order (``names``:
+    the model's ``_names_by_module``, computed when not given)."""
+    names = _names_by_module(model) if names is None else names
     return [name for name, module in model.named_modules()
             if name and isinstance(module, (nn.Conv2d, nn.Linear)) and _refusal(module, method, names) is None]
 
 
-def _by_name(model: nn.Module, name: str, method: Method | Candidates, eligible: list[str]) -> str:
+def _by_name(model: nn.Module, name: str, method: Method | Candidates, eligible: list[str],
+             names: dict[int, list[str]]) -> str:
     try:
         module = model.get_submodule(name)
     except AttributeError:
         raise LayerError(f"model has no layer {name!r}; layers {method.name} can replace: "
                          f"{', '.join(eligible) or 'none'}") from None
-    reason = _refusal(module, method, _names_by_module(model))
+    reason = _refusal(module, method, names)
     if reason is not None:
         raise LayerError(f"layer {name!r} cannot be replaced by {method.name}: {reason}")
     return name
@@ -85,7 +88,8 @@ def _module_names(model: nn.Module) -> set[str]:
 
 def select_layers(model: nn.Module, layers: LayerSpec, method: Method | Candidates) -> list[str]:
     """The names that ``layers`` selects for ``method`` (see the module docstring)."""
-    eligible = eligible_layers(model, method)
+    shared = _names_by_module(model)
+    eligible = eligible_layers(model, method, shared)
     if callable(layers) and not isinstance(layers, re.Pattern):
         chosen = {name for name in eligible if layers(model.get_submodule(name), name)}
     else:
@@ -105,7 +109,7 @@ def select_layers(model: nn.Module, layers: LayerSpec, method: Method | Candidat
             elif not isinstance(spec, str):
                 raise ConfigError(f"a layer is named by a string or a compiled pattern, got {type(spec).__name__}")
             elif spec in names or not _looks_like_pattern(spec):
-                chosen.add(_by_name(model, spec, method, eligible))
+                chosen.add(_by_name(model, spec, method, eligible, shared))
             else:
                 chosen.update(_by_pattern(_compile(spec), eligible, method))
     if not chosen:
