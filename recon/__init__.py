@@ -23,7 +23,7 @@ _EXPORTS = {
     "decompose": "recon.pipeline.fitting", "observe": "recon.pipeline.observe",
     "calibrate": "recon.pipeline.calibrate",
     "AccuracyBudget": "recon.pipeline.policies", "Fixed": "recon.pipeline.policies",
-    "TargetSpeedup": "recon.pipeline.policies", "SolverOptions": "recon.methods",
+    "TargetSpeedup": "recon.pipeline.target_speedup", "SolverOptions": "recon.methods",
     "apply_bases": "recon.surgery", "load_bases": "recon.surgery", "restore_dense": "recon.nn.replace",
     "save_bases": "recon.pipeline.save",
     "LowRankModule": "recon.nn", "LowRankExpConv": "recon.nn", "Scheme1Conv": "recon.nn", "Scheme2Conv": "recon.nn",

@@ -16,7 +16,8 @@ from recon.io.bases_file import read_bases
 from recon.pipeline import batches as batches_module
 from recon.pipeline.batches import Batches
 from recon.pipeline.finetune import finetune
-from recon.pipeline.sensitivity import model_output, output_change, output_sensitivities
+from recon.pipeline.outputs import model_output
+from recon.pipeline.prediction import output_change, output_sensitivities
 from tests.fixture_models import tiny, tiny_batches
 
 

@@ -171,7 +171,7 @@ def test_target_speedup_measures_sensitivities_on_many_samples_even_from_one_sam
         seen.append(len(sample))
         return {name: 1.0 for name in probes}
 
-    monkeypatch.setattr("recon.pipeline.policies.output_sensitivities", sensitivities)
+    monkeypatch.setattr("recon.pipeline.target_speedup.output_sensitivities", sensitivities)
     singles = [x[i:i + 1] for x in tiny_batches() for i in range(len(x))]  # DataLoader(batch_size=1)
     policy = recon.TargetSpeedup(1.2, torch.randn(2, 3, 10, 10), cache=False, repeats=2)
     recon.compress(tiny(), singles, ranks=policy, progress=False)

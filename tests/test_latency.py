@@ -13,7 +13,7 @@ from recon.bench import latency
 from recon.bench.latency import LatencyCache, LayerLatency, layer_latency, rank_grid, table_key
 from recon.bench.onnx_timing import onnxruntime_latencies
 from recon.errors import ConfigError
-from recon.pipeline.policies import TargetSpeedup
+from recon.pipeline.target_speedup import TargetSpeedup
 from tests.fixture_models import tiny, tiny_batches
 
 

@@ -12,7 +12,9 @@ from recon.metrics import accuracy
 from recon.bench.placeholders import timing_model
 from recon.bench.timing import capture_layer_inputs
 from recon.bench.latency import LayerLatency, rank_grid
-from recon.pipeline.policies import RankProblem, TargetSpeedup, _QuickModules
+from recon.pipeline.policies import RankProblem
+from recon.pipeline.prediction import QuickModules, error_curve, probe_rank, rank_errors
+from recon.pipeline.target_speedup import SpeedupSearch, TargetSpeedup
 from tests.fixture_models import tiny, tiny_batches
 
 
@@ -44,11 +46,11 @@ def test_target_search_calibrates_on_its_first_timing_and_times_the_model_at_mos
         return [fixed + sum(cost(m.get_submodule(n)) for n in layers) for m in models]
 
     monkeypatch.setattr("recon.bench.latency.median_latencies", layer_times)
-    monkeypatch.setattr("recon.pipeline.policies.latencies", lambda backend: model_times)
+    monkeypatch.setattr("recon.pipeline.target_speedup.latencies", lambda backend: model_times)
     lines = []
     problem.report = lines.append
     policy = TargetSpeedup(1.15, torch.zeros(1, 3, 10, 10), margin=0.02, cache=False, max_layer_loss=None)
-    picked = policy.choose(problem)
+    picked = policy.choose(problem).picked
     chosen = timing_model(model, {n: c.method.module_class(problem.geometries[n], c.rank)
                                   for n, c in picked.items() if c})
     dense_time, low_time = model_times([model, chosen], None, 1, False)
@@ -87,7 +89,7 @@ def test_no_candidate_rank_loses_more_than_the_bound_in_data_mode(model):
     method = methods.get("scheme2")
     problem = RankProblem(model, {"conv3": (method,)}, ["conv3"], {"conv3": method.geometry(model.conv3)},
                           {"conv3": model.conv3.weight.detach().double().numpy()}, moments, None, None, None)
-    errors = TargetSpeedup._errors(problem, "conv3", method)
+    errors = rank_errors(problem, "conv3", method)
     np.testing.assert_allclose(errors, method.rank_errors(problem.weights["conv3"], moments["conv3"].covariance()))
     ranks, table = np.arange(1, len(errors) + 1), LayerLatency(1.0, (1, len(errors)), (0.01, 1.0))
     bounded = TargetSpeedup(2, torch.zeros(1, 1, 28, 28), max_layer_loss=0.05)._choices(
@@ -98,7 +100,7 @@ def test_no_candidate_rank_loses_more_than_the_bound_in_data_mode(model):
     free = TargetSpeedup(2, torch.zeros(1, 1, 28, 28), max_layer_loss=None)._choices(
         {method: (ranks, errors)}, {method: table}, 1.0)
     assert len(free.options) == len(errors) + 1
-    assert TargetSpeedup._probe_rank(ranks, errors) == int(np.argmax(errors <= 0.05)) + 1
+    assert probe_rank(ranks, errors) == int(np.argmax(errors <= 0.05)) + 1
 
 
 def test_policy_arguments_are_checked_at_once():
@@ -156,10 +158,10 @@ def test_auto_takes_the_method_that_pays_on_each_layer(favoured, monkeypatch):
     candidates = (methods.get("scheme2"), methods.get("tucker2"))
     problem = problem_for(model, layers)
     problem.methods = {name: candidates for name in layers}
-    monkeypatch.setattr("recon.pipeline.policies.layer_latency", _stub_latency(lambda layer: favoured))
-    monkeypatch.setattr("recon.pipeline.policies.latencies", lambda backend: (
+    monkeypatch.setattr("recon.pipeline.target_speedup.layer_latency", _stub_latency(lambda layer: favoured))
+    monkeypatch.setattr("recon.pipeline.target_speedup.latencies", lambda backend: (
         lambda models, inputs, repeats, channels_last: [1.0] + [0.5] * (len(models) - 1)))
-    picked = TargetSpeedup(1.5, torch.zeros(1, 3, 10, 10), cache=False).choose(problem)
+    picked = TargetSpeedup(1.5, torch.zeros(1, 3, 10, 10), cache=False).choose(problem).picked
     replaced = [choice for choice in picked.values() if choice is not None]
     assert replaced and {choice.method.name for choice in replaced} == {favoured}
 
@@ -172,7 +174,7 @@ def test_auto_compresses_saves_and_loads_a_model_of_mixed_methods(asymmetric, tm
     the statistics, so its outputs keep the dense layer's mean on the data."""
     model = tiny()
     favourites = {(3, 3): "scheme2", (3, 5): "tucker2", None: "svd"}
-    monkeypatch.setattr("recon.pipeline.policies.layer_latency",
+    monkeypatch.setattr("recon.pipeline.target_speedup.layer_latency",
                         _stub_latency(lambda layer: favourites.get(getattr(layer, "kernel_size", None))))
     policy = TargetSpeedup(3, torch.randn(4, 3, 10, 10), cache=False, repeats=3, max_layer_loss=None,
                            max_output_change=None)
@@ -234,7 +236,7 @@ def test_a_method_without_a_closed_form_is_judged_by_its_measured_quick_fit_erro
                           {"conv3": layer.weight.detach().double().numpy()}, None, None, None, None)
     table = LayerLatency(1.0, (4, 32, 256), (0.1, 0.3, 0.9))
     policy = TargetSpeedup(2, torch.zeros(1, 1, 28, 28), max_layer_loss=0.3)
-    ranks, errors = policy._curve(problem, "conv3", method, table, _QuickModules(problem), several=False)
+    ranks, errors = error_curve(problem, "conv3", method, table.ranks, QuickModules(problem), several=False)
     assert list(ranks) == [4, 32, 256]
     for rank, error in zip(ranks, errors):
         module = method.build(method.geometry(layer), method.quick_fit(problem.weights["conv3"], int(rank)), None)
@@ -254,8 +256,8 @@ def test_target_speedup_in_data_mode_takes_grouped_and_depthwise_convs(monkeypat
                                 torch.nn.Conv2d(8, 8, 3, padding=1, groups=8), torch.nn.ReLU(),
                                 torch.nn.Conv2d(8, 8, 3, padding=1, groups=2))
     batches = [torch.randn(6, 3, 10, 10, generator=torch.Generator().manual_seed(i)) for i in range(3)]
-    monkeypatch.setattr("recon.pipeline.policies.layer_latency", _stub_latency(lambda layer: "scheme2"))
-    monkeypatch.setattr("recon.pipeline.policies.latencies", lambda backend: (
+    monkeypatch.setattr("recon.pipeline.target_speedup.layer_latency", _stub_latency(lambda layer: "scheme2"))
+    monkeypatch.setattr("recon.pipeline.target_speedup.latencies", lambda backend: (
         lambda models, inputs, repeats, channels_last: [1.0] + [0.5] * (len(models) - 1)))
     policy = TargetSpeedup(1.5, batches[0], cache=False, max_output_change=None)
     result = recon.compress(model, batches, ranks=policy, progress=False)
@@ -273,10 +275,10 @@ def test_target_speedup_in_data_mode_takes_grouped_and_depthwise_convs(monkeypat
 def _scripted_outcome(monkeypatch, ratios, factor=1.5):
     """The outcome of a TargetSpeedup whose whole-model timings give ``ratios`` round by round."""
     rounds = iter(ratios)
-    monkeypatch.setattr("recon.pipeline.policies.latencies",
+    monkeypatch.setattr("recon.pipeline.target_speedup.latencies",
                         lambda backend: lambda models, example, repeats, channels_last: [next(rounds), 1.0])
     policy = TargetSpeedup(factor, torch.zeros(1, 3, 10, 10), cache=False, repeats=9)
-    return policy.outcome(tiny(), tiny())
+    return policy.outcome(SpeedupSearch({}, {}, None, 0.0, "", False, print), tiny(), tiny())
 
 
 def test_the_outcome_times_rounds_until_they_agree_and_meets_the_target_by_the_slowest(monkeypatch):
@@ -287,3 +289,23 @@ def test_the_outcome_times_rounds_until_they_agree_and_meets_the_target_by_the_s
     noisy = _scripted_outcome(monkeypatch, [1.0, 2.0] * 5)
     assert len(noisy.spread.rounds) == 9 and not noisy.spread.stable and not noisy.met
     assert "timings unstable" in noisy.description and "another process" in noisy.description
+
+
+def test_one_policy_serves_two_compressions_and_each_outcome_states_its_own_search(monkeypatch):
+    """The policy keeps no state of a search: a search with data bounds the output change, one
+    without does not, and each outcome, asked after both searches, says what its own search did."""
+    model = tiny()
+    layers = ["features.2", "features.4"]
+    monkeypatch.setattr("recon.pipeline.target_speedup.layer_latency", _stub_latency(lambda layer: "scheme2"))
+    monkeypatch.setattr("recon.pipeline.target_speedup.latencies", lambda backend: (
+        lambda models, inputs, repeats, channels_last: [1.0] + [0.5] * (len(models) - 1)))
+    policy = TargetSpeedup(1.5, torch.zeros(1, 3, 10, 10), cache=False, max_output_change=0.5)
+    settings = dict(vars(policy))
+    with_data = problem_for(model, layers)
+    with_data.sample = torch.randn(16, 3, 10, 10, generator=torch.Generator().manual_seed(0))
+    bounded = policy.choose(with_data)
+    unbounded = policy.choose(problem_for(model, layers))
+    assert vars(policy).keys() == settings.keys() and all(vars(policy)[k] is v for k, v in settings.items())
+    assert bounded.output_bounded and not unbounded.output_bounded
+    assert policy.outcome(bounded, model, model).output_change == 0.0  # the dense model changes nothing
+    assert policy.outcome(unbounded, model, model).output_change is None

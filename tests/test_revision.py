@@ -8,7 +8,8 @@ import torch
 
 import recon
 from recon.bench.latency import LayerLatency, rank_grid
-from recon.pipeline.sensitivity import contributions, relative_change
+from recon.pipeline.outputs import relative_change
+from recon.pipeline.prediction import contributions
 from recon.surgery import replace_layer
 from tests.fixture_models import tiny, tiny_batches
 
@@ -37,8 +38,8 @@ def _stub_timing(monkeypatch):
         ranks = tuple(rank_grid(method.max_rank(method.geometry(layer))))
         return LayerLatency(1.0, ranks, tuple(0.05 + 0.01 * rank for rank in ranks))
 
-    monkeypatch.setattr("recon.pipeline.policies.layer_latency", layer_latency)
-    monkeypatch.setattr("recon.pipeline.policies.latencies", lambda backend: (
+    monkeypatch.setattr("recon.pipeline.target_speedup.layer_latency", layer_latency)
+    monkeypatch.setattr("recon.pipeline.target_speedup.latencies", lambda backend: (
         lambda models, inputs, repeats, channels_last: [1.0] + [0.5] * (len(models) - 1)))
 
 
@@ -55,7 +56,7 @@ def test_a_fitted_model_that_breaks_the_bound_gets_rank_back(monkeypatch, caplog
     output change far below the bound, the fitted model breaks it, and the revision must give
     rank back until the measured change falls."""
     _stub_timing(monkeypatch)
-    monkeypatch.setattr("recon.pipeline.policies.output_sensitivities",
+    monkeypatch.setattr("recon.pipeline.target_speedup.output_sensitivities",
                         lambda model, probes, sample: {name: 1e-3 for name in probes})
     first = _compress(0, monkeypatch)
     with caplog.at_level(logging.INFO, logger="recon"):

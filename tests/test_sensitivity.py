@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from recon.pipeline.sensitivity import output_sensitivities
+from recon.pipeline.prediction import output_sensitivities
 
 
 class Scaled(nn.Module):

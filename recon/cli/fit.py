@@ -31,7 +31,8 @@ from recon.metrics import accuracy
 from recon.pipeline.batches import Batches
 from recon.pipeline.compress import Compression, compress
 from recon.pipeline.report import MAX_OUTPUT_LOSS
-from recon.pipeline.policies import AccuracyBudget, Fixed, RankPolicy, TargetSpeedup
+from recon.pipeline.policies import AccuracyBudget, Fixed, RankPolicy
+from recon.pipeline.target_speedup import TargetSpeedup
 from recon.record import LayerRecord
 from solvers.schedule import LambdaSchedule
 

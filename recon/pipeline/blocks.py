@@ -34,7 +34,7 @@ from recon.pipeline.batches import Batches
 from recon.pipeline.finetune import clipped_step, only_trainable, relative_adam, shuffled_batches
 from recon.pipeline.observe import input_of
 from recon.pipeline.propagate import Carried
-from recon.pipeline.sensitivity import relative_change
+from recon.pipeline.outputs import relative_change
 
 LOG = logging.getLogger("recon")
 CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)

@@ -32,7 +32,7 @@ from recon.model_checks import check_made_from, check_model
 from recon.nn import LowRankModule
 from recon.pipeline.batches import Batches
 from recon.pipeline.finetune import clipped_step, only_trainable, relative_adam, shuffled_batches
-from recon.pipeline.sensitivity import channel_axis, model_output, relative_change
+from recon.pipeline.outputs import channel_axis, model_output, relative_change
 
 LOG = logging.getLogger("recon")
 

@@ -45,10 +45,11 @@ from recon.pipeline.calibrate import CalibrationReport, calibrate
 from recon.pipeline.config import CompressConfig
 from recon.pipeline.fitting import fit_layer, fit_layers, to_numpy
 from recon.pipeline.observe import observe
-from recon.pipeline.policies import Choice, Fixed, Outcome, RankPolicy, RankProblem, TargetSpeedup
+from recon.pipeline.policies import Choice, Fixed, Outcome, RankPolicy, RankProblem
 from recon.pipeline.report import MAX_OUTPUT_LOSS, table
 from recon.pipeline.save import write_records
 from recon.pipeline.select import LayerSpec, refusals, select_layers
+from recon.pipeline.target_speedup import TargetSpeedup
 from recon.record import LayerRecord, current_record, retrained_records
 from recon.surgery import replace_layer
 
@@ -306,7 +307,8 @@ def compress(model: nn.Module, data: DataSource | None = None, *, layers: LayerS
                           plan.layers, {name: plan.method.geometry(work.get_submodule(name)) for name in plan.layers},
                           {name: to_numpy(work.get_submodule(name).weight) for name in plan.layers},
                           symmetric, None if batches is None else _sensitivity_sample(batches), fit, LOG.info)
-    chosen = {name: choice for name, choice in plan.policy.choose(problem).items() if choice is not None}
+    search = plan.policy.choose(problem)
+    chosen = search.chosen
     guard_inputs = _guard_inputs(work, plan.layers, example, timing_batch) if guard else {}
 
     def fit_round(chosen: dict[str, Choice], previous: dict[str, LayerRecord]) -> tuple[dict[str, LayerRecord], nn.Module]:
@@ -362,12 +364,12 @@ def compress(model: nn.Module, data: DataSource | None = None, *, layers: LayerS
 
     records, approx = fit_round(chosen, {})
     for _ in range(REVISIONS):  # the policy may trade ranks back once it has measured the fitted model
-        revised = plan.policy.revise(work, approx)
-        if not revised:
+        revised = plan.policy.revise(search, work, approx)
+        if revised is None:
             break
-        chosen = {name: choice for name, choice in revised.items() if choice is not None}
+        search, chosen = revised, revised.chosen
         records, approx = fit_round(chosen, records)
-    outcome = plan.policy.outcome(work, approx)
+    outcome = plan.policy.outcome(search, work, approx)
     if outcome is not None and folded:
         outcome = dataclasses.replace(outcome, description=f"{outcome.description}; against the dense model with "
                                       f"the same {len(folded)} BatchNorm(s) folded")
