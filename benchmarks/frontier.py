@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from benchmarks.common import machine, markdown_table, write_section
-from recon import TargetSpeedup, compress, data, methods, zoo
+from recon import TargetSpeedup, Timing, compress, data, methods, zoo
 from recon.bench.timing import median_latencies
 from recon.metrics import accuracy
 from recon.methods import SolverOptions
@@ -82,12 +82,12 @@ def main(argv: list[str] | None = None) -> None:
     rows, table = [], []
     for method in args.methods.split(","):
         fits_data = methods.resolve(method).fits_data
-        asymmetric = fits_data and args.model == "fmnist-alexnet"
+        mode = "asymmetric" if fits_data and args.model == "fmnist-alexnet" else None
         for target in (float(t) for t in args.targets.split(",")):
             start = time.perf_counter()
-            result = compress(model, fit_data, layers="all", method=method, asymmetric=asymmetric,
-                              ranks=TargetSpeedup(target, example, channels_last=True), progress=False,
-                              solver=SolverOptions(cp_iterations=CP_ITERATIONS))
+            result = compress(model, fit_data, layers="all", method=method, mode=mode, ranks=TargetSpeedup(target),
+                              example_input=example, timing=Timing(batch=len(example), channels_last=True),
+                              progress=False, solver=SolverOptions(cp_iterations=CP_ITERATIONS))
             fit_seconds = time.perf_counter() - start
             plain = accuracy(result.model, test)
             if not result.kept:  # nothing pays within the quality bounds: nothing to calibrate or tune

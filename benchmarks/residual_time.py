@@ -18,7 +18,7 @@ import torch
 
 from benchmarks import cifar
 from benchmarks.common import machine, markdown_table, write_section
-from recon import TargetSpeedup, compress
+from recon import TargetSpeedup, Timing, compress
 from recon.pipeline import propagate
 from recon.zoo.cifar import cifar_resnet
 
@@ -26,8 +26,9 @@ from recon.zoo.cifar import cifar_resnet
 def _seconds(model: torch.nn.Module, data: cifar.Cifar, target: float) -> tuple[float, float, str]:
     """(compress seconds, block reconstruction seconds, outcome) of one pipeline run."""
     start = time.perf_counter()
-    policy = TargetSpeedup(target, data.calibration[:32], channels_last=True, cache=False)
-    result = compress(model, data.batches(), layers="all", ranks=policy, fold_batchnorm=True, asymmetric=True,
+    policy = TargetSpeedup(target, cache=False)
+    result = compress(model, data.batches(), layers="all", ranks=policy, fold_batchnorm=True, mode="asymmetric",
+                      example_input=data.calibration[:32], timing=Timing(batch=32, channels_last=True),
                       progress=False)
     middle = time.perf_counter()
     result.reconstruct_blocks(data.batches(), progress=False)
@@ -63,8 +64,9 @@ def main(argv: list[str] | None = None) -> None:
         print(rows[-1], flush=True)
     write_section("residual-time", "\n\n".join([
         "## Residual-network pipeline wall time (`python -m benchmarks.residual_time`)",
-        f"Machine: {machine()}. `compress(TargetSpeedup({args.target:g}, channels_last=True), fold_batchnorm=True, "
-        f"asymmetric=True)` then `reconstruct_blocks`, {args.calibration:,} real CIFAR-10 training images, Scheme 2. "
+        f"Machine: {machine()}. `compress(ranks=TargetSpeedup({args.target:g}), fold_batchnorm=True, "
+        "mode='asymmetric', timing=Timing(batch=32, channels_last=True))` then `reconstruct_blocks`, "
+        f"{args.calibration:,} real CIFAR-10 training images, Scheme 2. "
         "ResNet-56 has seeded random weights (timing only). Targets: ResNet-20 <= 120 s, ResNet-56 <= 300 s. One run.",
         markdown_table(["model", "approximated inputs", "compress s", "block reconstruction s", "total s",
                         "outcome"], rows)]))

@@ -38,7 +38,7 @@ import torch
 
 from benchmarks import cifar
 from benchmarks.common import machine, markdown_table, write_section
-from recon import TargetSpeedup, compress
+from recon import TargetSpeedup, Timing, compress
 from recon.bench.timing import Spread, round_latencies
 from recon.pipeline.finetune import finetune
 
@@ -79,11 +79,12 @@ def _cells(row: dict) -> list:
 def _steps(target: float, bound: float | None, data: cifar.Cifar, dense_accuracy: float, epochs: int) -> list[dict]:
     """The six rows of one target."""
     rows, result = [], None
-    for step, fold, asymmetric in zip(STEPS[:3], (False, True, True), (False, False, True)):
+    for step, fold, mode in zip(STEPS[:3], (False, True, True), ("data", "data", "asymmetric")):
         start = time.perf_counter()
-        policy = TargetSpeedup(target, data.calibration[:32], channels_last=True, cache=False, max_output_change=bound)
-        result = compress(data.model, data.batches(), layers="all", ranks=policy, fold_batchnorm=fold,
-                          asymmetric=asymmetric, progress=False)
+        policy = TargetSpeedup(target, cache=False, max_output_change=bound)
+        result = compress(data.model, data.batches(), layers="all", ranks=policy, fold_batchnorm=fold, mode=mode,
+                          example_input=data.calibration[:32], timing=Timing(batch=32, channels_last=True),
+                          progress=False)
         rows.append(_row(step, target, result, data, dense_accuracy, time.perf_counter() - start))
     start = time.perf_counter()
     result.reconstruct_blocks(data.batches(), progress=False)

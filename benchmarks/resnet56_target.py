@@ -21,7 +21,7 @@ from torch.nn import functional
 
 from benchmarks.common import machine, markdown_table, write_section
 from benchmarks.models import cifar_resnet56
-from recon import TargetSpeedup, compress, data
+from recon import TargetSpeedup, Timing, compress, data
 
 OUTPUT_BOUNDS = (0.1, None)  # the default bound on the model's predicted output change, and none
 
@@ -44,10 +44,10 @@ def main(argv: list[str] | None = None) -> None:
     model, batches = cifar_resnet56(), fashion_as_cifar()
     rows = []
     for output_bound in OUTPUT_BOUNDS:
-        policy = TargetSpeedup(args.target, batches[0][:32].contiguous(), max_layer_loss=args.max_layer_loss,
-                               max_output_change=output_bound)
+        policy = TargetSpeedup(args.target, max_layer_loss=args.max_layer_loss, max_output_change=output_bound)
         start = time.perf_counter()
-        result = compress(model, batches, layers="all", ranks=policy, progress=False)
+        result = compress(model, batches, layers="all", ranks=policy, example_input=batches[0][:32],
+                          timing=Timing(batch=32), progress=False)
         seconds = time.perf_counter() - start
         kept = result.kept
         worst = max((record.output_variance_lost for record in kept), default=float("nan"))

@@ -32,16 +32,16 @@ def main(argv: list[str] | None = None) -> None:
              if isinstance(module, nn.Conv2d) and module.kernel_size == (3, 3) and name != "conv1"]
     ranks = {name: max(1, int(args.fraction * data.model.get_submodule(name).out_channels)) for name in convs}
     rows = []
-    for asymmetric in (False, True):
+    for statistics, mode in (("symmetric", "data"), ("asymmetric", "asymmetric")):
         for ridge in (1e-3, RIDGE_GRID):
             start = time.perf_counter()
             result = compress(data.model, data.batches(), layers=convs, ranks=ranks, fold_batchnorm=True,
-                              asymmetric=asymmetric, solver=SolverOptions(ridge=ridge), progress=False)
+                              mode=mode, solver=SolverOptions(ridge=ridge), progress=False)
             seconds = time.perf_counter() - start
             accuracy, agreement = cifar.quality(result.model, data.model, data)
             chosen = sorted({float(r.history["ridge_held_out_loss"][r.history["ridge_held_out_loss"][:, 1].argmin(), 0])
                              for r in result.kept if "ridge_held_out_loss" in r.history})
-            rows.append(["asymmetric" if asymmetric else "symmetric", "per layer (held out)" if chosen else "1e-3",
+            rows.append([statistics, "per layer (held out)" if chosen else "1e-3",
                          ", ".join(f"{value:g}" for value in chosen) or "-",
                          f"{100 * accuracy:.2f} ({100 * (accuracy - dense_accuracy):+.2f})", f"{100 * agreement:.2f}",
                          f"{seconds:.0f}"])

@@ -25,7 +25,7 @@ _EXPORTS = {
     "AccuracyBudget": "recon.pipeline.policies", "Fixed": "recon.pipeline.policies",
     "TargetSpeedup": "recon.pipeline.target_speedup", "SolverOptions": "recon.methods",
     "apply_bases": "recon.surgery", "load_bases": "recon.surgery", "restore_dense": "recon.nn.replace",
-    "save_bases": "recon.pipeline.save",
+    "save_bases": "recon.pipeline.save", "CompressConfig": "recon.pipeline.config", "Timing": "recon.bench.settings",
     "LowRankModule": "recon.nn", "LowRankExpConv": "recon.nn", "Scheme1Conv": "recon.nn", "Scheme2Conv": "recon.nn",
     **{name: "recon.errors" for name in ("ReconError", "ConfigError", "LayerError", "BasesFileError", "DataError",
                                          "FitError")},

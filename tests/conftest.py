@@ -1,37 +1,31 @@
-"""Shared fixtures: small random conv layers and real Fashion-MNIST statistics."""
+"""Shared fixtures: small random conv layers and real Fashion-MNIST statistics.
+
+Loading this file imports neither torch nor recon: the tests of ``solvers/`` run without torch
+(tests/test_layout.py checks it). Fixtures that need them import them when they run; torch-free
+helpers live in tests/helpers.py.
+"""
 from __future__ import annotations
 
 import os
+import sys
 
-import numpy as np
 import pytest
-import torch
-
-from recon import data, observe, zoo
 
 
 @pytest.fixture(scope="session")
 def model():
+    from recon import zoo
+
     return zoo.load_model("fmnist-alexnet")
 
 
 @pytest.fixture(scope="session")
 def conv2_moments(model):
     """Symmetric input statistics of conv2 from 500 real training images."""
+    from recon import data, observe
+
     batches = data.loader("train", batch_size=250, limit=500)
     return observe(model, batches, ["conv2"], patches_per_image=16, progress=False)["conv2"]
-
-
-def decaying_weights(shape, seed=0, decay=0.7) -> np.ndarray:
-    """Random conv weights whose (C*kh) x (N*kw) spectrum decays geometrically."""
-    n, c, kh, kw = shape
-    rng = np.random.default_rng(seed)
-    rows, cols = c * kh, n * kw
-    u, _ = np.linalg.qr(rng.standard_normal((rows, rows)))
-    v, _ = np.linalg.qr(rng.standard_normal((cols, cols)))
-    k = min(rows, cols)
-    matrix = (u[:, :k] * decay ** np.arange(k)) @ v[:, :k].T
-    return matrix.reshape(c, kh, n, kw).transpose(2, 0, 1, 3).astype(np.float32)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -42,4 +36,8 @@ def _latency_cache(tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def _seed():
-    torch.manual_seed(0)
+    """Seed torch before each test, if anything has loaded it (every test that uses torch imports it at
+    module level, so it is loaded by then); a torch-free test does not import it."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.manual_seed(0)

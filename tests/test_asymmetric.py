@@ -63,7 +63,7 @@ def test_the_stem_runs_once_per_batch_and_model_whatever_the_depth():
         calls = []
         # the stem's BatchNorm is never replaced; the hook is copied with the model
         dense.bn1.register_forward_hook(lambda module, args, output: calls.append(len(args[0])))
-        result = recon.compress(dense, batches, ranks=2, layers=_convs(dense), asymmetric=True, progress=False)
+        result = recon.compress(dense, batches, ranks=2, layers=_convs(dense), mode="asymmetric", progress=False)
         assert len(result.kept) == len(_convs(dense))
         # one sample for the shapes, then each batch once through the dense and once through the approximated copy
         assert calls == [1] + [4] * len(batches) * 2, depth
@@ -97,13 +97,13 @@ def test_an_untraceable_model_falls_back_to_full_passes_with_a_warning(caplog):
 @pytest.mark.slow
 def test_compress_results_do_not_depend_on_the_propagation(monkeypatch):
     dense, batches = _resnet(8), _batches()
-    carried = recon.compress(dense, batches, ranks=3, asymmetric=True, progress=False)
+    carried = recon.compress(dense, batches, ranks=3, mode="asymmetric", progress=False)
 
     def refuse(self, block):
         raise propagate.Untraceable("forced for the test")
 
     monkeypatch.setattr(propagate.Propagation, "calls", refuse)
-    full = recon.compress(dense, batches, ranks=3, asymmetric=True, progress=False)
+    full = recon.compress(dense, batches, ranks=3, mode="asymmetric", progress=False)
     x = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
         torch.testing.assert_close(carried.model(x), full.model(x), rtol=1e-4, atol=1e-5)

@@ -29,7 +29,7 @@ def output_error(approx, dense, images):
 
 @pytest.fixture(scope="module")
 def compressed(model):
-    return recon.compress(model, layers=["conv2", "conv3", "conv4", "conv5"], ranks=8, input_size=(1, 28, 28),
+    return recon.compress(model, layers=["conv2", "conv3", "conv4", "conv5"], ranks=8, example_input=torch.zeros(1, 1, 28, 28),
                           progress=False)
 
 
@@ -75,7 +75,7 @@ def test_layers_without_bias_get_one_and_batchnorm_statistics_stay(tmp_path):
     with torch.no_grad():
         model.norm.running_mean.uniform_(-1, 1)
     batches = [torch.randn(50, 3, 8, 8) + 1.0 for _ in range(8)]
-    result = recon.compress(model, layers=["first", "second"], ranks=2, input_size=(3, 8, 8), progress=False)
+    result = recon.compress(model, layers=["first", "second"], ranks=2, example_input=torch.zeros(1, 3, 8, 8), progress=False)
     running = model.norm.running_mean.clone()
     result.calibrate(batches, samples=400, epochs=2, progress=False)
     assert torch.equal(result.model.norm.running_mean, running)
@@ -88,7 +88,7 @@ def test_layers_without_bias_get_one_and_batchnorm_statistics_stay(tmp_path):
 def test_an_undone_bias_correction_removes_the_biases_it_added(monkeypatch):
     model = NoBias().eval()
     batches = [torch.randn(50, 3, 8, 8) + 1.0 for _ in range(4)]
-    approx = recon.compress(model, layers=["first", "second"], ranks=2, input_size=(3, 8, 8), progress=False).model
+    approx = recon.compress(model, layers=["first", "second"], ranks=2, example_input=torch.zeros(1, 3, 8, 8), progress=False).model
     before = copy.deepcopy(approx.state_dict())
     approx.requires_grad_(False)  # a frozen model trains its factors all the same, and stays frozen
     errors = iter([(1.0, 1.0), (2.0, 2.0), (3.0, 3.0)])  # every step measured worse than the one before

@@ -59,7 +59,7 @@ def test_layers_by_pattern_function_and_dict():
 
 def test_asymmetric_mode_fits_each_layer_to_the_approximated_inputs():
     model = tiny()
-    result = recon.compress(model, tiny_batches, ranks=2, asymmetric=True, patches_per_image=None, progress=False)
+    result = recon.compress(model, tiny_batches, ranks=2, mode="asymmetric", patches_per_image=None, progress=False)
     record = result.layers["features.4"]
     # recompute the asymmetric output error from explicit activations of both models
     inputs = torch.cat(tiny_batches())
@@ -79,20 +79,20 @@ def test_the_guard_keeps_dense_what_is_not_faster(monkeypatch, tmp_path):
                         lambda dense, low, inputs, name, min_speedup, channels_last: GuardDecision(
                             name, 1.0, 0.5 if verdict[name] else 2.0, verdict[name]))
     model = tiny()
-    result = recon.compress(model, ranks=2, guard=True, input_size=(3, 10, 10), progress=False)
+    result = recon.compress(model, ranks=2, guard=True, example_input=torch.zeros(1, 3, 10, 10), progress=False)
     assert isinstance(result.model.features[4], nn.Conv2d) and not result.layers["features.4"].kept
     assert isinstance(result.model.features[0], recon.LowRankModule)
     assert "dense kept" in result.table()
     assert set(read_bases(result.save(tmp_path / "g.h5")).layers) == {"features.0", "features.2"}
     verdict["features.0"] = verdict["features.2"] = False
-    nothing = recon.compress(model, ranks=2, guard=True, input_size=(3, 10, 10), progress=False)
+    nothing = recon.compress(model, ranks=2, guard=True, example_input=torch.zeros(1, 3, 10, 10), progress=False)
     with pytest.raises(recon.ConfigError, match="nothing to save: no layer was replaced"):
         nothing.save(tmp_path / "none.h5")
     assert not (tmp_path / "none.h5").exists()
 
 
 def test_filter_mode_without_data_reports_macs_for_the_given_input_size():
-    result = recon.compress(tiny(), ranks=2, input_size=(3, 32, 32), progress=False)
+    result = recon.compress(tiny(), ranks=2, example_input=torch.zeros(1, 3, 32, 32), progress=False)
     record = result.layers["features.0"]
     assert record.input_shape == (3, 32, 32)
     assert record.dense_macs == 8 * 3 * 9 * 32 * 32
@@ -105,10 +105,9 @@ def test_bad_arguments_are_refused_before_any_work():
         recon.compress(tiny())
     with pytest.raises(ConfigError, match="model must be a torch.nn.Module"):
         recon.compress("resnet", ranks=2)
-    with pytest.raises(ConfigError, match="input_size is the shape of one sample"):
-        recon.compress(tiny(), ranks=2, input_size=(3, 0, 10))
-    with pytest.raises(ConfigError, match="data reconstruction needs data"):
-        recon.compress(tiny(), ranks=2, mode="data")
+    for mode in ("data", "asymmetric"):
+        with pytest.raises(ConfigError, match=f"mode='{mode}' is data reconstruction, which needs data"):
+            recon.compress(tiny(), ranks=2, mode=mode)
     with pytest.raises(ConfigError, match="unknown method 'svd2'"):
         recon.compress(tiny(), ranks=2, method="svd2")
     with pytest.raises(DataError, match="one-shot generator"):
@@ -137,7 +136,7 @@ def test_asymmetric_statistics_of_a_grouped_layer_match_its_outputs():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1, groups=4))
     batches = [torch.randn(8, 3, 10, 10, generator=torch.Generator().manual_seed(s)) for s in range(3)]
-    result = recon.compress(model, batches, ranks={"0": 2, "2": 2}, asymmetric=True, patches_per_image=None,
+    result = recon.compress(model, batches, ranks={"0": 2, "2": 2}, mode="asymmetric", patches_per_image=None,
                             progress=False)
     inputs = torch.cat(batches)
     with torch.no_grad():

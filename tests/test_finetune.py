@@ -14,7 +14,7 @@ from recon.pipeline.finetune import finetune
 
 
 def bases_file(model, tmp_path):
-    return recon.compress(model, layers="conv3", ranks=8, input_size=(1, 28, 28), model_name="fmnist-alexnet",
+    return recon.compress(model, layers="conv3", ranks=8, example_input=torch.zeros(1, 1, 28, 28), model_name="fmnist-alexnet",
                           progress=False).save(tmp_path / "b.h5")
 
 
@@ -58,7 +58,7 @@ def test_a_destructive_step_size_is_undone_by_the_validation_check(model, tmp_pa
 @pytest.mark.parametrize("method, rank", [("scheme2", 16), ("scheme1", 2), ("cp", 160), ("tucker2", 40)])
 def test_a_short_finetune_never_lowers_test_accuracy(model, method, rank):
     # CP at 2x once fell from 92.70% to 18.02% after one epoch of plain Adam at 1e-4
-    low = recon.compress(model, layers=["conv3", "conv4"], method=method, ranks=rank, input_size=(1, 28, 28),
+    low = recon.compress(model, layers=["conv3", "conv4"], method=method, ranks=rank, example_input=torch.zeros(1, 1, 28, 28),
                          progress=False).model
     test = data.loader("test", batch_size=500, limit=2000)
     history = finetune(low, data.loader("train", batch_size=128, limit=1024), 1, 1e-3, teacher=model, test=test,

@@ -13,7 +13,7 @@ import torch
 
 import recon
 from recon.cli import common, finetune as finetune_cli
-from recon.errors import BasesFileError, ConfigError, LayerError
+from recon.errors import BasesFileError, ConfigError, DataError, LayerError
 from recon.io.bases_file import CHECKSUM, read_bases
 from tests.fixture_models import tiny, tiny_batches
 
@@ -173,8 +173,8 @@ def test_target_speedup_measures_sensitivities_on_many_samples_even_from_one_sam
 
     monkeypatch.setattr("recon.pipeline.target_speedup.output_sensitivities", sensitivities)
     singles = [x[i:i + 1] for x in tiny_batches() for i in range(len(x))]  # DataLoader(batch_size=1)
-    policy = recon.TargetSpeedup(1.2, torch.randn(2, 3, 10, 10), cache=False, repeats=2)
-    recon.compress(tiny(), singles, ranks=policy, progress=False)
+    policy = recon.TargetSpeedup(1.2, cache=False)
+    recon.compress(tiny(), singles, ranks=policy, timing=recon.Timing(2, repeats=2), progress=False)
     assert seen == [len(singles)]
     with pytest.raises(ConfigError, match="the data holds one sample"):
         recon.compress(tiny(), [singles[0]], ranks=copy.deepcopy(policy), progress=False)
@@ -186,7 +186,13 @@ def test_target_speedup_measures_sensitivities_on_many_samples_even_from_one_sam
     ({"device": "meta"}, "device 'meta' holds no values"),
     ({"solver": {"ridge": 0.1}}, "solver must be a recon.SolverOptions, got dict: recon.SolverOptions\\(\\*\\*settings\\)"),
     ({"on_layers": 5}, "on_layers must be a function"),
-    ({"guard": True, "timing_batch": 10 ** 9}, "timing_batch must be at most 4096"),
+    ({"guard": True, "timing": {"batch": 32}}, "timing must be a recon.Timing, got dict: recon.Timing"),
+    ({"mode": "asymmetrical"}, "mode must be one of 'filter', 'data', 'asymmetric' or None, got 'asymmetrical'"),
+    ({"config": {"ranks": 2}}, "config must be a recon.CompressConfig, got dict: recon.CompressConfig.from_dict"),
+    ({"rank": 2}, "unknown setting\\(s\\) rank; CompressConfig has method, ranks"),
+    ({"example_input": torch.zeros(2, 3, 10, 10, dtype=torch.uint8)}, "finite floating-point batch"),
+    ({"example_input": torch.full((2, 3, 10, 10), float("nan"))}, "finite floating-point batch"),
+    ({"example_input": torch.zeros(3, 10, 10, device="meta")}, "finite floating-point batch"),
     ({"layers": 0}, "layers must be a name, .* got int"),
 ])
 def test_compress_arguments_are_checked_before_any_work(options, message):
@@ -213,22 +219,28 @@ def test_numpy_ranks_are_plain_ints_in_the_bases_file(tmp_path):
 
 
 @pytest.mark.parametrize("options, message", [
-    ({"margin": float("nan")}, "margin must be a finite number"), ({"repeats": 2.5}, "repeats must be a whole number"),
-    ({"example_input": torch.zeros(2, 3, 10, 10, dtype=torch.uint8)}, "finite floating-point batch"),
-    ({"example_input": torch.full((2, 3, 10, 10), float("nan"))}, "finite floating-point batch"),
-    ({"example_input": torch.zeros(3, 10, 10, device="meta")}, "finite floating-point batch"),
+    ({"margin": float("nan")}, "margin must be a finite number"),
     ({"cache": Path(__file__).parent}, "the path of a JSON file, got the folder"), ({"cache": 5}, "got 5"),
 ])
 def test_target_speedup_arguments_are_checked_when_made(options, message):
-    arguments = {"example_input": torch.zeros(2, 3, 10, 10), **options}
     with pytest.raises(ConfigError, match=message):
-        recon.TargetSpeedup(2, **arguments)
+        recon.TargetSpeedup(2, **options)
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"repeats": 2.5}, "Timing.repeats must be a whole number"), ({"batch": 0}, "Timing.batch must be a whole number"),
+    ({"batch": 10 ** 9}, "Timing.batch must be at most 4096"), ({"backend": "tvm"}, "unknown latency backend 'tvm'"),
+    ({"channels_last": "yes"}, "Timing.channels_last must be True or False"),
+])
+def test_timing_settings_are_checked_when_made(options, message):
+    with pytest.raises(ConfigError, match=message):
+        recon.Timing(**options)
 
 
 def test_an_example_input_the_model_cannot_take_is_named_before_any_timing():
-    policy = recon.TargetSpeedup(2, torch.zeros(2, 5, 10, 10), cache=False)
-    with pytest.raises(ConfigError, match="the model failed on TargetSpeedup's example input of shape \\(2, 5, 10, 10\\)"):
-        recon.compress(tiny(), tiny_batches, ranks=policy, progress=False)
+    policy = recon.TargetSpeedup(2, cache=False)
+    with pytest.raises(DataError, match="the model failed on example_input \\(batch shape \\(2, 5, 10, 10\\)\\)"):
+        recon.compress(tiny(), tiny_batches, ranks=policy, example_input=torch.zeros(2, 5, 10, 10), progress=False)
 
 
 @pytest.mark.parametrize("text, message", [("meta", "holds no values"), ("nonsense", "must be a torch device")])

@@ -178,9 +178,9 @@ def test_onnxruntime_times_modules_side_by_side_and_keys_its_tables_apart(tmp_pa
 
 def test_target_speedup_runs_on_onnxruntime_end_to_end():
     pytest.importorskip("onnxruntime")
-    policy = TargetSpeedup(1.2, torch.randn(4, 3, 10, 10), cache=False, repeats=3, backend="onnxruntime",
-                           max_layer_loss=None, max_output_change=None)
-    result = recon.compress(tiny(), tiny_batches, layers=["features.0", "features.4"], ranks=policy, progress=False)
-    assert "onnxruntime" in result.outcome.description and result.config.ranks["backend"] == "onnxruntime"
+    policy = TargetSpeedup(1.2, cache=False, max_layer_loss=None, max_output_change=None)
+    result = recon.compress(tiny(), tiny_batches, layers=["features.0", "features.4"], ranks=policy,
+                            timing=recon.Timing(4, backend="onnxruntime", repeats=3), progress=False)
+    assert "onnxruntime" in result.outcome.description and result.config.to_dict()["timing"]["backend"] == "onnxruntime"
     with pytest.raises(ConfigError, match="onnxruntime backend chooses its own layouts"):
-        TargetSpeedup(2, torch.zeros(1, 3, 10, 10), channels_last=True, backend="onnxruntime")
+        recon.Timing(channels_last=True, backend="onnxruntime")

@@ -1,6 +1,11 @@
 """The layout shows the architecture: no import cycles, and no library module imports a command."""
 import ast
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 ENTRY_POINTS = {"recon.fit", "recon.evaluate", "recon.export", "recon.finetune", "recon.cache"}
@@ -86,3 +91,29 @@ def test_no_module_imports_a_package_above_its_own():
     upward = [f"{name} -> {target}" for name, targets in graph().items() for target in targets
               if level(target) > level(name)]
     assert not upward, "upward imports: " + "; ".join(sorted(upward))
+
+
+# The tests of solvers/ alone: they, tests/conftest.py and tests/helpers.py must run with torch not installed.
+SOLVER_TESTS = ["tests/test_scheme1.py", "tests/test_scheme2.py", "tests/test_parallel.py"]
+# Its work runs in child processes, out of the block's reach; collecting the file still checks its imports.
+OUT_OF_REACH = ["tests/test_parallel.py::test_sharded_equals_single_device"]
+WITHOUT_TORCH = textwrap.dedent("""
+    import sys
+
+    class NoTorch:
+        def find_spec(self, name, path=None, target=None):
+            if name == "torch" or name.startswith("torch."):
+                raise ImportError(f"the tests of solvers/ must not import {name}")
+
+    sys.meta_path.insert(0, NoTorch())
+    import pytest
+    sys.exit(pytest.main(sys.argv[1:]))
+""")
+
+
+@pytest.mark.slow
+def test_solver_tests_pass_with_torch_not_importable():
+    deselect = [arg for test in OUT_OF_REACH for arg in ("--deselect", test)]
+    run = subprocess.run([sys.executable, "-c", WITHOUT_TORCH, *SOLVER_TESTS, *deselect, "-q", "-o", "addopts=",
+                          "-p", "no:cacheprovider"], cwd=ROOT, capture_output=True, text=True)
+    assert run.returncode == 0, f"solver tests fail without torch:\n{run.stdout[-4000:]}\n{run.stderr[-2000:]}"

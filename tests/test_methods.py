@@ -13,7 +13,7 @@ from recon.methods import SolverOptions
 from recon.nn import ConvGeometry, LinearGeometry
 from recon.pipeline.fitting import approximation_error, fit_layer
 from solvers.vbmf import evbmf_rank, noise_variance
-from tests.conftest import decaying_weights
+from tests.helpers import decaying_weights
 
 pytest.importorskip("tensorly")
 

@@ -45,9 +45,9 @@ def _stub_timing(monkeypatch):
 
 def _compress(revisions: int, monkeypatch):
     monkeypatch.setattr("recon.pipeline.compress.REVISIONS", revisions)
-    policy = recon.TargetSpeedup(10, torch.randn(4, 3, 10, 10), cache=False, max_layer_loss=None,
-                                 max_output_change=0.05)
-    return recon.compress(tiny(), tiny_batches, layers=LAYERS, ranks=policy, patches_per_image=None, progress=False)
+    policy = recon.TargetSpeedup(10, cache=False, max_layer_loss=None, max_output_change=0.05)
+    return recon.compress(tiny(), tiny_batches, layers=LAYERS, ranks=policy, patches_per_image=None,
+                          timing=recon.Timing(4), progress=False)
 
 
 @pytest.mark.slow

@@ -4,7 +4,7 @@ import pytest
 from solvers import scheme1
 from solvers.objectives import filter_objective, stack_quadratics
 from solvers.schedule import LambdaSchedule
-from tests.conftest import decaying_weights
+from tests.helpers import decaying_weights
 
 
 def separable_weights(n, c, m, kh, kw, seed=0):

@@ -4,7 +4,7 @@ from hypothesis import given, settings, strategies as st
 
 from solvers import scheme2
 from solvers.objectives import Moments, data_objective, filter_objective, stack_quadratics
-from tests.conftest import decaying_weights
+from tests.helpers import decaying_weights
 
 
 @settings(max_examples=15, deadline=None)

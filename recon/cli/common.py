@@ -14,7 +14,8 @@ import torch
 
 from recon.errors import ConfigError, ReconError
 from recon.methods.base import SEED_BITS
-from recon.pipeline.compress import MAX_TIMING_BATCH, check_device
+from recon.bench.settings import MAX_TIMING_BATCH
+from recon.pipeline.compress import check_device
 
 INTERRUPTED = "interrupted: files written before were not damaged"
 

@@ -28,18 +28,18 @@ from recon.io.bases_file import check_destination, update_bases
 from recon.io.hashing import model_sha256
 from recon.methods import SolverOptions
 from recon.metrics import accuracy
-from recon.pipeline.batches import Batches
+from recon.bench.settings import Timing
 from recon.pipeline.compress import Compression, compress
-from recon.pipeline.report import MAX_OUTPUT_LOSS
+from recon.pipeline.config import MODES, CompressConfig
 from recon.pipeline.policies import AccuracyBudget, Fixed, RankPolicy
 from recon.pipeline.target_speedup import TargetSpeedup
 from recon.record import LayerRecord
 from solvers.schedule import LambdaSchedule
 
 LOG = logging.getLogger("recon")
-SCHEDULE = LambdaSchedule()
+DEFAULTS = CompressConfig()  # every default of a setting the CLI shares with recon.compress
+SCHEDULE, SOLVER, TIMING = DEFAULTS.solver.schedule, DEFAULTS.solver, DEFAULTS.timing
 TARGET_MISSED = 3  # exit status when --target-speedup was not reached (the bases are saved all the same)
-LATENCY_BACKEND = "torch"  # the default --latency-backend; another one only applies with --target-speedup
 CALIBRATION_MIN_SAMPLES = 2  # recon.pipeline.calibrate holds at least one out and trains on the rest
 
 
@@ -78,21 +78,21 @@ def build_parser() -> argparse.ArgumentParser:
                        help="choose ranks per layer by bisection so that validation accuracy (last 5,000 training "
                        "images) drops by at most this many points in total (bundled model)")
     how = parser.add_argument_group("how to fit")
-    how.add_argument("--mode", choices=("filter", "data"),
-                     help="reconstruct the weights (filter) or the layer's responses (data); default: data when "
-                     "there is data and the method fits data, else filter")
-    how.add_argument("--asymmetric", action="store_true",
-                     help="data mode: fit each layer to inputs from the already approximated network")
-    how.add_argument("--patches-per-image", type=common.nonnegative_int, default=32,
+    how.add_argument("--mode", choices=MODES,
+                     help="reconstruct the weights (filter), the layer's responses (data), or the responses to inputs "
+                     "from the already approximated network (asymmetric); default: data when there is data and the "
+                     "method fits data, else filter")
+    how.add_argument("--asymmetric", action="store_true", help="same as --mode asymmetric")
+    how.add_argument("--patches-per-image", type=common.nonnegative_int, default=DEFAULTS.patches_per_image,
                      help="patch locations sampled per sample for statistics (0: all)")
-    how.add_argument("--seed", type=common.seed, default=0, help="seed for patch sampling and CP (0..2**32-1)")
-    how.add_argument("--lbfgs-iterations", type=common.positive_int, default=200,
+    how.add_argument("--seed", type=common.seed, default=SOLVER.seed, help="seed for patch sampling and CP (0..2**32-1)")
+    how.add_argument("--lbfgs-iterations", type=common.positive_int, default=SOLVER.lbfgs_iterations,
                      help="scheme2 data mode: L-BFGS iterations")
-    how.add_argument("--cp-iterations", type=common.positive_int, default=200, help="cp: ALS iterations")
-    how.add_argument("--ridge", type=common.nonnegative_float, default=SolverOptions.ridge,
+    how.add_argument("--cp-iterations", type=common.positive_int, default=SOLVER.cp_iterations, help="cp: ALS iterations")
+    how.add_argument("--ridge", type=common.nonnegative_float, default=SOLVER.ridge,
                      help="data mode: weight of ||W_hat - W||^2 (times the mean input variance) added to the output "
                      "error, so input directions the data never varies in stay at the original weights; 0: none")
-    how.add_argument("--max-output-loss", type=common.positive_float, default=MAX_OUTPUT_LOSS,
+    how.add_argument("--max-output-loss", type=common.positive_float, default=DEFAULTS.max_output_loss,
                      help="flag layers that lose more than this fraction of their output variance; "
                      "--target-speedup in data mode never picks a rank predicted to lose more")
     how.add_argument("--dense-when-lossy", action="store_true",
@@ -111,14 +111,14 @@ def build_parser() -> argparse.ArgumentParser:
     timing.add_argument("--guard", action="store_true",
                         help="time each fitted layer against its dense layer (batch of --guard-batch) and keep the "
                         "dense layer unless the low-rank one is at least --min-speedup times faster")
-    timing.add_argument("--guard-batch", type=common.timing_batch, default=32,
+    timing.add_argument("--guard-batch", type=common.timing_batch, default=TIMING.batch,
                         help=f"batch size the guard and --target-speedup time with (at most {common.MAX_TIMING_BATCH})")
-    timing.add_argument("--min-speedup", type=common.positive_float, default=1.05,
+    timing.add_argument("--min-speedup", type=common.positive_float, default=DEFAULTS.min_speedup,
                         help="the guard keeps a low-rank layer only when at least this much faster")
     timing.add_argument("--channels-last", action="store_true",
                         help="time in the channels_last memory format (on CPUs the faster layout for dense and "
                         "low-rank models alike; time in the format your inference code uses)")
-    timing.add_argument("--latency-backend", choices=BACKENDS, default=LATENCY_BACKEND,
+    timing.add_argument("--latency-backend", choices=BACKENDS, default=TIMING.backend,
                         help="where --target-speedup times layers and models: torch eager, or onnxruntime's CPU "
                         "provider (each module exported to ONNX; for models deployed with onnxruntime); only with "
                         "--target-speedup (the guard times with torch)")
@@ -176,32 +176,16 @@ def _data(args: argparse.Namespace, bundled: bool, mode: str):
     (filter mode needs none: the zoo knows the input size), else None."""
     if args.data is not None:
         return sources.data_factory(args.data)
-    if bundled and mode == "data":
+    if bundled and mode != "filter":
         return sources.fashion_mnist("train", args.samples)
-    if mode == "data":
-        raise ConfigError("--mode data needs --data package.module:factory for a user model")
+    if mode != "filter":
+        raise ConfigError(f"--mode {mode} needs --data package.module:factory for a user model")
     return None
 
 
-def _example(data, input_size: tuple[int, ...] | None, batch: int, device: torch.device,
-             dtype: torch.dtype) -> torch.Tensor:
-    """The timing batch: ``batch`` copies of the first sample of the data, or zeros of ``input_size``."""
-    if data is not None:
-        first = Batches(data, 1, device, dtype).first()
-    elif input_size is not None:
-        first = torch.zeros(1, *input_size, device=device, dtype=dtype)
-    else:
-        raise ConfigError("--guard and --target-speedup time layers on their real input shapes: give --data or "
-                          "--input-size")
-    return first[:1].expand(batch, *first.shape[1:]).contiguous()
-
-
-def _policy(args: argparse.Namespace, data, input_size, model: torch.nn.Module) -> RankPolicy:
-    parameter = next(model.parameters())
+def _policy(args: argparse.Namespace) -> RankPolicy:
     if args.target_speedup is not None:
-        example = _example(data, input_size, args.guard_batch, parameter.device, parameter.dtype)
-        return TargetSpeedup(args.target_speedup, example, channels_last=args.channels_last,
-                             max_layer_loss=args.max_output_loss, backend=args.latency_backend)
+        return TargetSpeedup(args.target_speedup, max_layer_loss=args.max_output_loss)
     if args.accuracy_budget is not None:
         validation = sources.fashion_mnist("validation", None, batch_size=500)()
         return AccuracyBudget(args.accuracy_budget, lambda candidate: accuracy(candidate, validation))
@@ -237,9 +221,11 @@ def _check_combinations(args: argparse.Namespace, bundled: bool) -> None:
         raise ConfigError("--eval and --accuracy-budget measure Fashion-MNIST accuracy: bundled models only")
     if args.calibrate and not bundled and args.data is None:
         raise ConfigError("--calibrate needs unlabeled inputs: give --data package.module:factory")
-    if args.latency_backend != LATENCY_BACKEND and args.target_speedup is None:
+    if args.latency_backend != TIMING.backend and args.target_speedup is None:
         raise ConfigError(f"--latency-backend only applies with --target-speedup (the guard times with "
-                          f"{LATENCY_BACKEND}): drop --latency-backend {args.latency_backend} or give --target-speedup")
+                          f"{TIMING.backend}): drop --latency-backend {args.latency_backend} or give --target-speedup")
+    if args.asymmetric and args.mode not in (None, "asymmetric"):
+        raise ConfigError(f"--asymmetric is --mode asymmetric: drop --mode {args.mode} or --asymmetric")
 
 
 def _calibration_data(args: argparse.Namespace, data: Callable | None) -> Callable | None:
@@ -256,7 +242,16 @@ def fit(args: argparse.Namespace) -> int:
     bundled = sources.is_bundled(args.model)
     _check_combinations(args, bundled)
     method = _method(args)
-    mode = args.mode or ("data" if (args.data is not None or bundled) and method.fits_data else "filter")
+    mode = "asymmetric" if args.asymmetric else args.mode or (
+        "data" if (args.data is not None or bundled) and method.fits_data else "filter")
+    schedule = LambdaSchedule(args.lambda_min, args.lambda_max, args.lambda_growth, args.stages, args.steps_per_stage,
+                              args.rank_tol, args.stage_tolerance)
+    config = CompressConfig(
+        method=method, ranks=_policy(args), mode=mode, guard=args.guard, min_speedup=args.min_speedup,
+        max_output_loss=args.max_output_loss, dense_when_lossy=args.dense_when_lossy, samples=args.samples,
+        patches_per_image=args.patches_per_image or None,
+        solver=SolverOptions(args.lbfgs_iterations, schedule, args.cp_iterations, args.seed, args.ridge),
+        timing=Timing(args.guard_batch, args.channels_last, args.latency_backend))
     input_size = args.input_size or sources.input_size(args.model)
     data = _data(args, bundled, mode)
     calibration_data = _calibration_data(args, data)
@@ -265,7 +260,6 @@ def fit(args: argparse.Namespace) -> int:
         out.parent.mkdir(exist_ok=True)
     model_hash = model_sha256(model)
     check_destination(out, args.model, model_hash)
-    policy = _policy(args, data, input_size, model)
 
     def write(records: list[LayerRecord]) -> None:
         update_bases(out, args.model, model_hash, records)
@@ -276,17 +270,13 @@ def fit(args: argparse.Namespace) -> int:
         for record in records:
             warn_if_slower(record)
 
-    schedule = LambdaSchedule(args.lambda_min, args.lambda_max, args.lambda_growth, args.stages, args.steps_per_stage,
-                              args.rank_tol, args.stage_tolerance)
-    LOG.info("fitting %s of %s: %s, %s reconstruction%s", ", ".join(args.layer), args.model, method.name, mode,
-             " (asymmetric)" if args.asymmetric else "")
-    result = compress(
-        model, data, layers=args.layer, method=method, ranks=policy, mode=mode, asymmetric=args.asymmetric,
-        guard=args.guard, channels_last=args.channels_last, input_size=input_size, samples=args.samples,
-        patches_per_image=args.patches_per_image or None,
-        solver=SolverOptions(args.lbfgs_iterations, schedule, args.cp_iterations, args.seed, args.ridge),
-        min_speedup=args.min_speedup, timing_batch=args.guard_batch, max_output_loss=args.max_output_loss,
-        dense_when_lossy=args.dense_when_lossy, model_name=args.model, on_layers=save)
+    example = None if data is not None or input_size is None else torch.zeros(1, *input_size)
+    if data is None and example is None and (args.guard or args.target_speedup is not None):
+        raise ConfigError("--guard and --target-speedup time layers on their real input shapes: give --data or "
+                          "--input-size")
+    LOG.info("fitting %s of %s: %s, %s reconstruction", ", ".join(args.layer), args.model, method.name, mode)
+    result = compress(model, data, config, layers=args.layer, example_input=example, model_name=args.model,
+                      on_layers=save)
     if args.calibrate and not result.kept:
         print("calibration skipped: no layer was replaced")
     elif args.calibrate:

@@ -24,19 +24,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
-from recon import methods
-from recon.bench.guard import MIN_SPEEDUP, time_replacement
+from recon.bench.guard import time_replacement
+from recon.bench.settings import Timing
 from recon.bench.timing import capture_layer_inputs
 from recon.errors import ConfigError, DataError
 from recon.folding import batchnorm_pairs, fold_batchnorms
 from recon.io.bases_file import update_bases
 from recon.io.hashing import model_sha256
 from recon.methods import Candidates, Method, SolverOptions
-from recon.model_checks import check_model, copied
+from recon.model_checks import check_example, check_model, copied
 from recon.nn import LowRankModule
 from recon.pipeline.asymmetric import AsymmetricObserver
 from recon.pipeline.batches import Batches, DataSource
@@ -46,7 +45,7 @@ from recon.pipeline.config import CompressConfig
 from recon.pipeline.fitting import fit_layer, fit_layers, to_numpy
 from recon.pipeline.observe import observe
 from recon.pipeline.policies import Choice, Fixed, Outcome, RankPolicy, RankProblem
-from recon.pipeline.report import MAX_OUTPUT_LOSS, table
+from recon.pipeline.report import table
 from recon.pipeline.save import write_records
 from recon.pipeline.select import LayerSpec, refusals, select_layers
 from recon.pipeline.target_speedup import TargetSpeedup
@@ -54,10 +53,8 @@ from recon.record import LayerRecord, current_record, retrained_records
 from recon.surgery import replace_layer
 
 LOG = logging.getLogger("recon")
-MODES = ("filter", "data")
 SENSITIVITY_SAMPLES = 256  # samples (from the first batches) that layer sensitivities are measured on
 FEW_PATCHES_PER_DIM = 10  # fewer patches per input dimension than this: statistics too thin to trust
-MAX_TIMING_BATCH = 4096  # the largest guard timing batch (a larger one only allocates more)
 REVISIONS = 2  # at most this many times the policy revises its allocation after measuring the fitted model
 
 
@@ -166,21 +163,6 @@ class Compression:
         return current_record(record, self.reference().get_submodule(record.name), module)
 
 
-def _as_policy(ranks: Any) -> RankPolicy:
-    if isinstance(ranks, RankPolicy):
-        return ranks
-    if ranks is None:
-        raise ConfigError("give ranks: an int, a dict of layer name -> rank, recon.TargetSpeedup(...) or "
-                          "recon.AccuracyBudget(...)")
-    if isinstance(ranks, np.integer):
-        ranks = int(ranks)
-    if isinstance(ranks, dict):  # NumPy ints would pass the checks and then fail the JSON of the bases file
-        ranks = {name: int(rank) if isinstance(rank, np.integer) else rank for name, rank in ranks.items()}
-    if isinstance(ranks, (dict, int, str, tuple)) and not isinstance(ranks, bool):
-        return Fixed(ranks)
-    raise ConfigError(f"ranks must be an int, a dict, or a rank policy, got {type(ranks).__name__}")
-
-
 def _check_input_size(input_size: Any) -> tuple[int, ...] | None:
     if input_size is None:
         return None
@@ -190,20 +172,12 @@ def _check_input_size(input_size: Any) -> tuple[int, ...] | None:
     return size
 
 
-def _resolve_mode(mode: str | None, data: DataSource | None, method: Candidates, asymmetric: bool) -> str:
+def _resolve_mode(mode: str | None, data: DataSource | None, method: Candidates) -> str:
     """The reconstruction mode: data when there is data and a candidate fits data (candidates
     that do not fit data are fitted to their weights all the same)."""
     mode = mode or ("data" if data is not None and method.fits_data else "filter")
-    if mode not in MODES:
-        raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-    if mode == "data" and not method.fits_data:
-        data_methods = [m.name for m in methods.REGISTRY.values() if m.fits_data]
-        raise ConfigError(f"method {method.name} reconstructs weights only (mode='filter'); data reconstruction "
-                          f"is for {', '.join(data_methods)}")
-    if mode == "data" and data is None:
-        raise ConfigError("data reconstruction needs data: pass batches of the model's inputs")
-    if asymmetric and mode != "data":
-        raise ConfigError("asymmetric fitting is a form of data reconstruction: it needs mode='data' and data")
+    if mode != "filter" and data is None:
+        raise ConfigError(f"mode={mode!r} is data reconstruction, which needs data: pass batches of the model's inputs")
     return mode
 
 
@@ -218,98 +192,96 @@ class _Plan:
     config: CompressConfig
 
 
-def _shapes(model: nn.Module, layers: list[str], example: torch.Tensor | None) -> dict[str, tuple[int, ...]] | None:
-    """Each layer's input shape (without the batch) from one forward pass of the example's first sample."""
+def _layer_inputs(model: nn.Module, layers: list[str], example: torch.Tensor | None, source: str,
+                  whole_batch: bool) -> dict[str, torch.Tensor] | None:
+    """Each layer's input within ``example`` (within its first sample unless ``whole_batch``:
+    the shapes are all that is needed then); None without an example. ``source`` names where
+    the example came from, for errors."""
     if example is None:
         return None
+    batch = example if whole_batch else example[:1]
     try:
-        captured = capture_layer_inputs(model, layers, example[:1])
+        return capture_layer_inputs(model, layers, batch)
     except TypeError as err:  # a forward that wants several inputs or keywords
         raise DataError(f"the model cannot be called on one input tensor ({err}): recon calls model(inputs) with "
                         "each batch's inputs (the first element of a tuple batch); wrap a model that takes several "
                         "inputs or keywords in a module whose forward takes one tensor") from err
     except RuntimeError as err:
         hint = "; do the batches have a batch dimension first?" if example.ndim <= 3 else ""
-        raise DataError(f"the model failed on the first data sample (batch shape {tuple(example.shape)}): {err}{hint}") \
-            from err
-    return {name: tuple(x.shape[1:]) for name, x in captured.items()}
+        raise DataError(f"the model failed on {source}: {err}{hint}") from err
 
 
-def compress(model: nn.Module, data: DataSource | None = None, *, layers: LayerSpec | None = None,
-             method: str | list[str] | Method | Candidates = "scheme2", ranks: Any = None, mode: str | None = None,
-             asymmetric: bool = False,
-             guard: bool = False, channels_last: bool = False, device: str | torch.device | None = None,
-             input_size: tuple[int, ...] | None = None, samples: int | None = None,
-             patches_per_image: int | None = 32, solver: SolverOptions = SolverOptions(),
-             min_speedup: float = MIN_SPEEDUP, timing_batch: int = 32, max_output_loss: float = MAX_OUTPUT_LOSS,
-             dense_when_lossy: bool = False, model_name: str | None = None, progress: bool = True,
-             on_layers: Callable[[list[LayerRecord]], None] | None = None,
-             fold_batchnorm: bool = False) -> Compression:
+def compress(model: nn.Module, data: DataSource | None = None, config: CompressConfig | None = None, *,
+             layers: LayerSpec | None = None, example_input: Any = None, device: str | torch.device | None = None,
+             model_name: str | None = None, progress: bool = True,
+             on_layers: Callable[[list[LayerRecord]], None] | None = None, **settings: Any) -> Compression:
     """Replace layers of ``model`` by low-rank modules; ``model`` itself is not changed.
 
     Args:
       model: a trained torch model, on any device.
       data: batches of the model's inputs (a DataLoader, a list, or a function returning a
         fresh iterable; tensors or (inputs, labels) pairs). None: filter reconstruction only.
+      config: every setting of the compression (``recon.CompressConfig``; default: its
+        defaults). ``settings`` are the same fields given as keywords, e.g.
+        ``compress(model, data, method="scheme2", ranks=48, mode="asymmetric",
+        timing=recon.Timing(channels_last=True))``; with ``config`` they replace its fields.
       layers: names, "all", a regular expression, a filter function ``fn(module, name)``, or
         a list; default "all" (the dict's names when ``ranks`` is a dict).
-      method: a registered method (``recon.methods.REGISTRY``); "auto" or a list of names lets
-        ``TargetSpeedup`` choose a method (or dense) per layer among them, by measured time and
-        predicted loss.
-      ranks: an int for every layer, a dict name -> rank, or a policy
-        (``TargetSpeedup``, ``AccuracyBudget``).
-      mode: "data" (match the layer's outputs; default with data) or "filter" (match weights).
-      asymmetric: data mode with inputs from the already approximated layers (front to back).
-      guard: time every fitted layer against its dense original and keep the dense layer
-        unless the low-rank one is ``min_speedup`` times faster.
-      channels_last: time in the channels_last memory format.
+      example_input: one batch of inputs that timing, the rank policy and the layers' input
+        shapes (MACs) are measured on, cut or cycled to ``timing.batch`` samples (default: the
+        data's first batch; without data, needed for the guard and ``TargetSpeedup``).
       device: where statistics, solvers' inputs and timing run (default: the model's device);
         the result stays on the model's device.
-      input_size: one sample's input shape, e.g. (3, 32, 32), for MACs without data.
-      samples: read at most this many samples of ``data`` per pass.
-      patches_per_image: patch locations sampled per sample for statistics (None: all).
-      solver: settings of the iterative solvers (and the sampling seed).
-      timing_batch: batch size of the guard's timing input.
-      max_output_loss: a layer losing more of its output variance than this is flagged in the
-        table (data mode); with ``dense_when_lossy`` it is kept dense instead.
       model_name: what the bases file calls the model (default: its class name).
       progress: progress bars; per-layer events go to the ``recon`` logger.
       on_layers: called with the records of kept layers as soon as they are final (e.g. to save):
         each layer at once when fitted one by one (asymmetric mode), all together after a
         batched fit.
-      fold_batchnorm: fold each BatchNorm that takes a selected conv's output (found in the
-        ``torch.fx`` graph) into it before anything else: the folded conv is what is fitted and
-        replaced, the BatchNorm becomes Identity, the bases file records it, and speed is
-        measured against the dense model folded the same way. A pair that would not fold
-        exactly is left as it is, with a warning naming it (``recon.folding``).
+
+    The settings (``CompressConfig``): ``method`` (a registered method, "auto" or a list of
+    names for ``TargetSpeedup`` to choose among per layer), ``ranks`` (an int, a dict, or a
+    policy: ``TargetSpeedup``, ``AccuracyBudget``), ``mode`` ("filter", "data", "asymmetric"),
+    ``guard`` and ``min_speedup`` (keep a layer dense unless measured that much faster),
+    ``max_output_loss`` and ``dense_when_lossy``, ``fold_batchnorm`` (fold each BatchNorm that
+    takes a selected conv's output, found in the ``torch.fx`` graph, into it first: the folded
+    conv is fitted and replaced, the BatchNorm becomes Identity, the bases file records it,
+    and speed is measured against the dense model folded the same way; a pair that would not
+    fold exactly is left, with a warning naming it), ``samples``, ``patches_per_image``,
+    ``solver`` and ``timing``. The keywords ``asymmetric``, ``channels_last``, ``timing_batch``
+    and ``input_size`` of earlier versions still work, with a DeprecationWarning.
     """
     check_model(model)
-    plan = _plan(model, data, layers, method, ranks, mode, asymmetric, guard, channels_last, input_size, samples,
-                 patches_per_image, solver, min_speedup, timing_batch, max_output_loss, dense_when_lossy, fold_batchnorm,
-                 device, on_layers)
+    config, example_input = _settled(config, settings, example_input)
+    plan = _plan(model, data, layers, config, example_input, device, on_layers)
+    config = plan.config
+    solver, asymmetric = config.solver, plan.mode == "asymmetric"
     home = next(model.parameters()).device
     work = copied(model).to(device or home).eval()
-    folded = _fold(work, plan.layers) if fold_batchnorm else {}
-    batches = None if data is None else Batches(data, samples, next(work.parameters()).device,
+    folded = _fold(work, plan.layers) if config.fold_batchnorm else {}
+    batches = None if data is None else Batches(data, config.samples, next(work.parameters()).device,
                                                 next(work.parameters()).dtype)
-    example = _example(plan.policy, batches, _check_input_size(input_size), work)
-    shapes = _shapes(work, plan.layers, example)
+    example, source = _timing_example(example_input, batches, work, config.timing.batch)
+    timed = config.guard or plan.policy.measures_speed
+    inputs = _layer_inputs(work, plan.layers, example, source, whole_batch=timed)
+    shapes = None if inputs is None else {name: tuple(x.shape[1:]) for name, x in inputs.items()}
     symmetric = None
-    if plan.mode == "data" and (not asymmetric or plan.policy.uses_statistics):
-        symmetric = observe(work, batches, plan.layers, patches_per_image, solver.seed, progress)
+    if plan.mode == "data" or (asymmetric and plan.policy.uses_statistics):
+        symmetric = observe(work, batches, plan.layers, config.patches_per_image, solver.seed, progress)
 
     def fit(name: str, choice: Choice, moments=None) -> LayerRecord:
         moments = moments if moments is not None else (None if symmetric is None else symmetric[name])
         return fit_layer(choice.method, work.get_submodule(name), name, choice.rank, moments, solver,
-                         None if shapes is None else shapes[name], plan.config.to_dict())
+                         None if shapes is None else shapes[name], config.to_dict())
 
     problem = RankProblem(work, {name: plan.method.for_layer(work.get_submodule(name)) for name in plan.layers},
                           plan.layers, {name: plan.method.geometry(work.get_submodule(name)) for name in plan.layers},
                           {name: to_numpy(work.get_submodule(name).weight) for name in plan.layers},
-                          symmetric, None if batches is None else _sensitivity_sample(batches), fit, LOG.info)
+                          symmetric, None if batches is None else _sensitivity_sample(batches), fit, LOG.info,
+                          example if timed else None, config.timing, inputs if timed else None)
     search = plan.policy.choose(problem)
     chosen = search.chosen
-    guard_inputs = _guard_inputs(work, plan.layers, example, timing_batch) if guard else {}
+    guard_inputs = inputs if config.guard else {}
+    problem = inputs = None  # the layer inputs are kept for the guard only
 
     def fit_round(chosen: dict[str, Choice], previous: dict[str, LayerRecord]) -> tuple[dict[str, LayerRecord], nn.Module]:
         """Every chosen layer fitted and placed in a fresh copy of ``work``; a layer whose choice
@@ -325,8 +297,8 @@ def compress(model: nn.Module, data: DataSource | None = None, *, layers: LayerS
         pending: list[LayerRecord] = []
         # without asymmetry every layer's statistics are known now: solve layers of one shape together
         fitted = {} if asymmetric else _fit_together(work, {n: chosen[n] for n in changed}, symmetric, solver, shapes,
-                                                     plan.config)
-        front = AsymmetricObserver(work, approx, batches, list(chosen), patches_per_image, solver.seed,
+                                                     config)
+        front = AsymmetricObserver(work, approx, batches, list(chosen), config.patches_per_image, solver.seed,
                                    progress) if asymmetric else None
         for name in (name for name in plan.layers if name in chosen):
             if name in reusable or name in fitted:
@@ -353,11 +325,11 @@ def compress(model: nn.Module, data: DataSource | None = None, *, layers: LayerS
         """Record the fold, warn about thin statistics, keep the layer dense when lossy or slow."""
         record.folded_batchnorm = folded.get(name)
         _warn_about_statistics(record, min(solver.ridges))
-        if record.output_variance_lost > max_output_loss and dense_when_lossy:
-            record.dense_reason = f"output variance lost {record.output_variance_lost:.3f} > {max_output_loss:g}"
+        if record.output_variance_lost > config.max_output_loss and config.dense_when_lossy:
+            record.dense_reason = f"output variance lost {record.output_variance_lost:.3f} > {config.max_output_loss:g}"
         elif name in guard_inputs:
             record.guard = time_replacement(work.get_submodule(name), record.module, guard_inputs[name], name,
-                                            min_speedup, channels_last=channels_last)
+                                            config.min_speedup, channels_last=config.timing.channels_last)
             record.dense_reason = None if record.guard.kept else f"guard: {record.guard.speedup:.2f}x is not faster"
         LOG.info("%s: %s rank %s fitted in %.2f s%s", name, record.method, record.rank, record.fit_seconds,
                  "" if record.kept else f" (dense kept: {record.dense_reason})")
@@ -376,7 +348,7 @@ def compress(model: nn.Module, data: DataSource | None = None, *, layers: LayerS
     approx = approx.to(home)
     for record in records.values():
         record.module = record.module.to(home)
-    return Compression(approx, records, refusals(model, plan.method), plan.config, model_name or type(model).__name__,
+    return Compression(approx, records, refusals(model, plan.method), config, model_name or type(model).__name__,
                        model_sha256(model), outcome, [name for name in plan.layers if name not in chosen], folded,
                        work.to(home))
 
@@ -443,13 +415,64 @@ def check_device(device: Any) -> torch.device | None:
     return where
 
 
-def _plan(model, data, layers, method_name, ranks, mode, asymmetric, guard, channels_last, input_size, samples,
-          patches_per_image, solver, min_speedup, timing_batch, max_output_loss, dense_when_lossy,
-          fold_batchnorm, device, on_layers) -> _Plan:
+LEGACY_SETTINGS = ("asymmetric", "channels_last", "timing_batch", "input_size")
+
+
+def _settled(config: CompressConfig | None, settings: dict[str, Any],
+             example_input: Any) -> tuple[CompressConfig, Any]:
+    """(the config with ``settings`` applied, the example input), the older keywords and the
+    older ``TargetSpeedup(factor, example_input, ...)`` moved to where they belong now."""
+    if config is None:
+        config = CompressConfig()
+    elif not isinstance(config, CompressConfig):
+        hint = ": recon.CompressConfig.from_dict(settings)" if isinstance(config, dict) else ""
+        raise ConfigError(f"config must be a recon.CompressConfig, got {type(config).__name__}{hint}")
+    legacy = {name: settings.pop(name) for name in LEGACY_SETTINGS if name in settings}
+    if legacy:
+        warnings.warn(f"compress({', '.join(f'{name}=' for name in legacy)}) is deprecated: use mode='asymmetric', "
+                      "timing=recon.Timing(batch, channels_last) and example_input=", DeprecationWarning, stacklevel=3)
+    timing = {}
+    if "channels_last" in legacy:
+        timing["channels_last"] = legacy["channels_last"]
+    if "timing_batch" in legacy:
+        timing["batch"] = legacy["timing_batch"]
+    if timing:
+        settings["timing"] = dataclasses.replace(settings.get("timing", config.timing), **timing)
+    if legacy.get("asymmetric"):
+        mode = settings.get("mode", config.mode)
+        if mode not in (None, "data", "asymmetric"):
+            raise ConfigError("asymmetric fitting is a form of data reconstruction: it needs mode='data' and data")
+        settings["mode"] = "asymmetric"
+    if legacy.get("input_size") is not None:
+        if example_input is not None:
+            raise ConfigError("give example_input or input_size (deprecated), not both")
+        example_input = torch.zeros(1, *_check_input_size(legacy["input_size"]))
+    config = config.replace(**settings)
+    policy = config.ranks
+    if isinstance(policy, TargetSpeedup) and policy.legacy is not None:
+        example, given = policy.legacy
+        for name, value in given.items():
+            current = getattr(config.timing, name)
+            if current != getattr(Timing(), name) and current != value:
+                raise ConfigError(f"TargetSpeedup's {name}={value!r} and the timing's {name}={current!r} disagree: "
+                                  "give the timing once, as compress(timing=recon.Timing(...))")
+        config = config.replace(timing=dataclasses.replace(config.timing, **given))
+        if example is not None and example_input is not None and example_input is not example:
+            raise ConfigError("TargetSpeedup's example input and compress's example_input differ: give "
+                              "compress(example_input=...) alone")
+        example_input = example if example is not None else example_input
+    return config, example_input
+
+
+def _plan(model: nn.Module, data: DataSource | None, layers: LayerSpec | None, config: CompressConfig,
+          example_input: Any, device: Any, on_layers: Any) -> _Plan:
     """Every argument checked, the layers selected and the ranks validated: before any work."""
-    method = methods.resolve(method_name)
-    mode = _resolve_mode(mode, data, method, asymmetric)
-    policy = _as_policy(ranks)
+    method = config.candidates
+    mode = _resolve_mode(config.mode, data, method)
+    policy = config.ranks
+    if policy is None:
+        raise ConfigError("give ranks: an int, a dict of layer name -> rank, recon.TargetSpeedup(...) or "
+                          "recon.AccuracyBudget(...)")
     if method.single is None and not policy.chooses_methods:
         raise ConfigError(f"method {method.name} chooses a method per layer, which needs a policy that chooses "
                           "methods (recon.TargetSpeedup); with fixed ranks or AccuracyBudget name one method")
@@ -459,44 +482,35 @@ def _plan(model, data, layers, method_name, ranks, mode, asymmetric, guard, chan
     geometries = {name: method.geometry(model.get_submodule(name)) for name in names}
     if method.single is not None:
         policy.check(method.single, geometries)
-    for label, value, minimum in (("samples", samples, 1), ("patches_per_image", patches_per_image, 1),
-                                  ("timing_batch", timing_batch, 1)):
-        if value is not None and (not isinstance(value, int) or value < minimum):
-            raise ConfigError(f"{label} must be a whole number >= {minimum}, got {value!r}")
-    for label, value in (("min_speedup", min_speedup), ("max_output_loss", max_output_loss)):
-        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-            raise ConfigError(f"{label} must be a positive number, got {value!r}")
-    if timing_batch > MAX_TIMING_BATCH:
-        raise ConfigError(f"timing_batch must be at most {MAX_TIMING_BATCH}, got {timing_batch}")
-    if not isinstance(solver, SolverOptions):
-        hint = ": recon.SolverOptions(**settings)" if isinstance(solver, dict) else ""
-        raise ConfigError(f"solver must be a recon.SolverOptions, got {type(solver).__name__}{hint}")
     if on_layers is not None and not callable(on_layers):
         raise ConfigError(f"on_layers must be a function of a list of records, got {type(on_layers).__name__}")
     check_device(device)
-    _check_input_size(input_size)
-    if not isinstance(fold_batchnorm, bool):
-        raise ConfigError(f"fold_batchnorm must be True or False, got {fold_batchnorm!r}")
-    if guard and data is None and input_size is None and not isinstance(policy, TargetSpeedup):
-        raise ConfigError("the guard times layers on their real input shapes: give data or input_size")
-    config = CompressConfig(method.name, mode, asymmetric, policy.describe(), samples, patches_per_image, guard,
-                            min_speedup, channels_last, timing_batch, max_output_loss, dense_when_lossy, solver,
-                            fold_batchnorm)
-    return _Plan(method, mode, policy, names, config)
+    if example_input is not None:
+        check_example(example_input, "example_input")
+    if data is None and example_input is None:
+        for needed, what in ((config.guard, "the guard times layers"),
+                             (policy.measures_speed, f"{type(policy).__name__} times the model")):
+            if needed:
+                raise ConfigError(f"{what} on their real inputs: give data or example_input (one batch of inputs)")
+    if config.guard and config.timing.backend != "torch":
+        raise ConfigError(f"the guard times layers with torch, not {config.timing.backend}: drop guard=True (the "
+                          "rank policy's latency tables keep the layers that do not pay dense) or the backend")
+    return _Plan(method, mode, policy, names, config.replace(mode=mode))
 
 
-def _example(policy: RankPolicy, batches: Batches | None, input_size: tuple[int, ...] | None,
-             work: nn.Module) -> torch.Tensor | None:
-    """One batch the layer input shapes are read from: the data's first, else the policy's
-    example input, else zeros of ``input_size``."""
+def _timing_example(example_input: Any, batches: Batches | None, work: nn.Module,
+                    batch: int) -> tuple[torch.Tensor | None, str]:
+    """(the batch every timing runs on: ``example_input``, else the data's first batch, on the
+    working device with its samples cut or cycled to ``batch``, or None without either; what
+    it was made from, for errors)."""
+    source = example_input if example_input is not None else None if batches is None else batches.first()
+    if source is None:
+        return None, ""
+    what = "example_input" if example_input is not None else "the first data sample"
+    described = f"{what} (batch shape {tuple(source.shape)})"
     parameter = next(work.parameters())
-    if batches is not None:
-        return batches.first()
-    if isinstance(policy, TargetSpeedup):
-        return policy.example_input.to(parameter.device)
-    if input_size is not None:
-        return torch.zeros(1, *input_size, device=parameter.device, dtype=parameter.dtype)
-    return None
+    source = source.to(parameter.device, parameter.dtype if source.is_floating_point() else source.dtype)
+    return torch.cat([source] * math.ceil(batch / len(source)))[:batch].contiguous(), described
 
 
 def _sensitivity_sample(batches: Batches) -> torch.Tensor:
@@ -509,10 +523,3 @@ def _sensitivity_sample(batches: Batches) -> torch.Tensor:
         if count >= SENSITIVITY_SAMPLES:
             break
     return torch.cat(taken)
-
-
-def _guard_inputs(work: nn.Module, layers: list[str], example: torch.Tensor,
-                  timing_batch: int) -> dict[str, torch.Tensor]:
-    """Each layer's real input for a batch of ``timing_batch`` copies of the example's first sample."""
-    batch = example[:1].expand(timing_batch, *example.shape[1:]).contiguous()
-    return capture_layer_inputs(work, layers, batch)

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from recon.bench.settings import Timing
 from recon.bench.timing import Spread
 from recon.errors import ConfigError
 from recon.methods import Method
@@ -43,8 +44,9 @@ class RankProblem:
     """What a policy may use: the dense model (on the working device), the layers in model
     order, each layer's candidate methods (one unless the policy chooses methods), their
     geometries and weights, symmetric statistics when the fit is in data mode, ``sample``, a
-    batch of real inputs (None without data), a way to fit one layer to a ``Choice``, and a
-    way to report progress."""
+    batch of real inputs (None without data), a way to fit one layer to a ``Choice``, a
+    way to report progress, the example the model is timed on (a ``timing.batch`` batch; None
+    without data or example) with each layer's input within it, and how to time."""
 
     model: nn.Module
     methods: dict[str, tuple[Method, ...]]
@@ -55,6 +57,9 @@ class RankProblem:
     sample: torch.Tensor | None
     fit: Callable[[str, Choice], LayerRecord]
     report: Callable[[str], None]
+    example: torch.Tensor | None = None
+    timing: Timing = Timing()
+    layer_inputs: dict[str, torch.Tensor] | None = None
 
     def method_of(self, name: str) -> Method:
         """The method of a layer that has one candidate."""
@@ -96,6 +101,7 @@ class RankPolicy:
 
     uses_statistics = False
     chooses_methods = False
+    measures_speed = False  # times the model, on the compression's example input
 
     def check(self, method: Method, geometries: dict[str, Geometry]) -> None:
         """Refuse, before any work, what cannot be done (default: nothing to check)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,8 +21,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from recon.bench.latency import (LatencyCache, LayerLatency, check_backend, default_cache_path, latencies,
-                                 layer_latency, unstable_warning)
+from recon.bench.latency import (LatencyCache, LayerLatency, default_cache_path, latencies, layer_latency,
+                                 unstable_warning)
+from recon.bench.settings import Timing
 from recon.bench.placeholders import timing_model
 from recon.bench.timing import capture_layer_inputs, spread_until_stable
 from recon.errors import ConfigError
@@ -32,7 +34,6 @@ from recon.pipeline.policies import Choice, Outcome, RankPolicy, RankProblem, Se
 from recon.pipeline.prediction import (QuickModules, contributions, error_curve, output_change, output_sensitivities,
                                        probe_choice)
 
-WHOLE_MODEL_REPEATS = 50  # timed calls per model when a whole model is measured
 OUTCOME_MIN_ROUNDS, OUTCOME_MAX_ROUNDS = 3, 9  # rounds of the final whole-model timing (until they agree)
 BOUND_TOLERANCE = 0.1  # a measured output change this much above max_output_change breaks the bound
 SMALLEST_SHARE = 0.05  # a layer's share of the measured change counts as at least this fraction of its prediction
@@ -63,12 +64,14 @@ def _describe(picked: dict[str, Choice | None]) -> str:
 class SpeedupSearch(Search):
     """What one TargetSpeedup search found and what ``revise`` and ``outcome`` need of it: each
     layer's choices (time and weighted loss of every candidate), the sample output changes are
-    measured on (None without data), the best whole-model speedup the search measured, what
+    measured on (None without data), the example and timing the model is timed with, the best whole-model speedup the search measured, what
     ``max_layer_loss`` bounded ("output variance", "weight energy" or ""), whether the
     predicted output change was bounded, and where progress goes."""
 
     choices: dict[str, LayerChoices]
     sample: torch.Tensor | None
+    example: torch.Tensor
+    timing: Timing
     best_measured: float
     layer_bound: str
     output_bounded: bool
@@ -76,16 +79,17 @@ class SpeedupSearch(Search):
 
 
 class TargetSpeedup(RankPolicy):
-    """Ranks whose measured whole-model speedup on ``example_input`` reaches ``factor``.
+    """Ranks whose measured whole-model speedup reaches ``factor``, timed on the compression's
+    example input as its ``Timing`` says (``recon.compress(example_input=..., timing=...)``).
 
     1. Latency tables (``recon.bench.latency``): each layer's dense time and its low-rank
-       time over a grid of ranks, on its real input within ``example_input``, cached between
+       time over a grid of ranks, on its real input within the example, cached between
        runs (``cache``: True for ``$RECON_CACHE_DIR`` or ``~/.cache/recon``, a file path, or
        False for this run only).
     2. Predicted loss of every rank: the layer's error (output variance lost in data mode,
        weight energy lost in filter mode) times its output sensitivity measured on the data
        with a quick low-rank probe of the layer losing about ``PROBE_LOSS``
-       (``recon.pipeline.sensitivity``; 1 without data). The error is the method's closed
+       (``recon.pipeline.prediction``; 1 without data). The error is the method's closed
        form at every rank, or, for a method without one (and, with several methods, for one
        whose closed form is not exact), the measured error of its quick fit at the latency
        table's ranks (``prediction.error_curve``). A rank whose error exceeds ``max_layer_loss`` is no
@@ -106,39 +110,38 @@ class TargetSpeedup(RankPolicy):
        the faster of the two (``outcome`` says the target was missed).
 
     The search aims at ``factor * (1 + margin)`` so that a later measurement of the fitted
-    model, which scatters by a few percent, still meets ``factor``. ``backend`` is where every
-    timing runs: "torch" (eager, in the memory format ``channels_last`` names) or
+    model, which scatters by a few percent, still meets ``factor``. ``Timing.backend`` is where
+    every timing runs: "torch" (eager, in the memory format ``Timing.channels_last`` names) or
     "onnxruntime" (each module exported to ONNX and run by its CPU provider).
+
+    The older form ``TargetSpeedup(factor, example_input, channels_last=, repeats=, backend=)``
+    still works for one version, with a DeprecationWarning; ``compress`` then takes the example
+    and timing from it (and refuses a ``Timing`` that says otherwise).
     """
 
     uses_statistics = True
     chooses_methods = True
+    measures_speed = True
 
-    def __init__(self, factor: float, example_input: torch.Tensor, channels_last: bool = False,
-                 margin: float = 0.03, repeats: int = WHOLE_MODEL_REPEATS,
-                 cache: str | Path | bool = True, max_layer_loss: float | None = 0.3,
-                 max_output_change: float | None = 0.1, backend: str = "torch") -> None:
+    def __init__(self, factor: float, example_input: torch.Tensor | None = None, channels_last: bool | None = None,
+                 *, margin: float = 0.03, cache: str | Path | bool = True, max_layer_loss: float | None = 0.3,
+                 max_output_change: float | None = 0.1, repeats: int | None = None,
+                 backend: str | None = None) -> None:
         if not (isinstance(factor, (int, float)) and math.isfinite(factor) and factor > 1):
             raise ConfigError(f"the target speedup must be a number > 1, got {factor!r}")
-        check_example(example_input, "TargetSpeedup's example input")
         if not (isinstance(margin, (int, float)) and math.isfinite(margin) and margin >= 0):
             raise ConfigError(f"margin must be a finite number >= 0, got {margin!r}")
-        if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
-            raise ConfigError(f"repeats must be a whole number >= 1, got {repeats!r}")
-        check_backend(backend)
+        self.legacy = _legacy_timing(example_input, channels_last=channels_last, repeats=repeats, backend=backend)
         if not isinstance(cache, bool) and (not isinstance(cache, (str, os.PathLike)) or Path(cache).is_dir()):
             raise ConfigError(f"cache is True (the default file), False (this run only) or the path of a JSON file, "
                               f"got {'the folder ' if isinstance(cache, (str, os.PathLike)) else ''}{cache!r}")
-        if backend == "onnxruntime" and channels_last:
-            raise ConfigError("channels_last is a torch memory format; the onnxruntime backend chooses its own layouts")
         if max_output_change is not None and not max_output_change > 0:
             raise ConfigError(f"max_output_change must be a number > 0 or None, got {max_output_change!r}")
         if max_layer_loss is not None and not 0 < max_layer_loss <= 1:
             raise ConfigError(f"max_layer_loss is a fraction of a layer's output variance (data mode) or weight "
                               f"energy (filter mode) in (0, 1], or None; got {max_layer_loss!r}")
-        self.factor, self.example_input, self.channels_last = float(factor), example_input, channels_last
-        self.margin, self.repeats, self.cache, self.max_layer_loss = margin, repeats, cache, max_layer_loss
-        self.max_output_change, self.backend = max_output_change, backend
+        self.factor, self.margin, self.cache, self.max_layer_loss = float(factor), margin, cache, max_layer_loss
+        self.max_output_change = max_output_change
 
     def _choices(self, curves: dict[Method, tuple[np.ndarray, np.ndarray]],
                  tables: dict[Method, LayerLatency], weight: float) -> LayerChoices:
@@ -160,16 +163,13 @@ class TargetSpeedup(RankPolicy):
         if problem.sample is not None and len(problem.sample) < 2:
             raise ConfigError("TargetSpeedup measures each layer's sensitivity on how the data varies, and the data "
                               "holds one sample: give more samples (up to 256 are used)")
-        parameter = next(problem.model.parameters())
-        example = self.example_input.to(parameter.device, parameter.dtype)
-        try:
-            inputs = capture_layer_inputs(problem.model, problem.layers, example)
-        except RuntimeError as err:
-            raise ConfigError(f"the model failed on TargetSpeedup's example input of shape {tuple(example.shape)}: "
-                              f"{err}") from err
+        if problem.example is None:
+            raise ConfigError("TargetSpeedup times the model on an example input: give data or example_input")
+        example, timing = problem.example, problem.timing
+        inputs = problem.layer_inputs or capture_layer_inputs(problem.model, problem.layers, example)
         cache = LatencyCache(default_cache_path() if self.cache is True else Path(self.cache) if self.cache else None)
         tables = {name: {method: layer_latency(method, problem.model.get_submodule(name), inputs[name],
-                                               self.channels_last, cache, backend=self.backend)
+                                               timing.channels_last, cache, backend=timing.backend)
                          for method in problem.methods[name]} for name in problem.layers}
         cache.save()
         if cache.unstable:
@@ -192,7 +192,7 @@ class TargetSpeedup(RankPolicy):
         def measure(picked: dict[str, Choice | None], label: str) -> tuple[float, float]:
             timed = timing_model(problem.model, {name: quick.module(name, *choice)
                                                  for name, choice in picked.items() if choice})
-            dense_time, low_time = self._time([problem.model, timed], example)
+            dense_time, low_time = _time([problem.model, timed], example, timing)
             problem.report(f"rank allocation {label}: layers predicted {dense_layers / total(picked, 'seconds'):.2f}x, "
                            f"output change predicted {total(picked, 'losses'):.4f}, "
                            f"whole model measured {dense_time / low_time:.2f}x -> {_describe(picked)}")
@@ -218,8 +218,8 @@ class TargetSpeedup(RankPolicy):
                 dense_time, low_time = measure(second, "2 (time = other + kappa * layers, fitted to allocation 1)")
                 measured[2] = dense_time / low_time
                 final = second if measured[2] >= aim or (measured[1] < aim and measured[2] > measured[1]) else first
-        return SpeedupSearch(final, choices, problem.sample, max(measured.values()), layer_bound, output_bounded,
-                             problem.report)
+        return SpeedupSearch(final, choices, problem.sample, example, timing, max(measured.values()), layer_bound,
+                             output_bounded, problem.report)
 
     def revise(self, search: Search, dense: nn.Module, approx: nn.Module) -> SpeedupSearch | None:
         """Trade rank back when the fitted model breaks ``max_output_change``.
@@ -251,24 +251,18 @@ class TargetSpeedup(RankPolicy):
                       f"max_output_change {bound:g}; ranks traded back -> {_describe(revised)}")
         return None if revised == search.picked else dataclasses.replace(search, picked=revised, choices=choices)
 
-    def _time(self, models: list[nn.Module], example: torch.Tensor, repeats: int | None = None) -> list[float]:
-        """Seconds per call of each model on ``example``, side by side, on the policy's backend."""
-        return latencies(self.backend)(models, example, repeats or self.repeats, channels_last=self.channels_last)
-
     def outcome(self, search: Search, dense: nn.Module, approx: nn.Module) -> Outcome:
         """The fitted model timed against the dense one in rounds until they agree
-        (``spread_until_stable``; the first three rounds cost one timing of ``repeats`` calls);
-        the target counts as met only when the lower end of the middle rounds (``Spread.low``)
-        reaches it."""
-        parameter = next(dense.parameters())
-        example = self.example_input.to(parameter.device, parameter.dtype)
-        per_round = max(1, math.ceil(self.repeats / OUTCOME_MIN_ROUNDS))
-        spread = spread_until_stable(lambda: self._time([dense, approx], example, per_round), OUTCOME_MIN_ROUNDS,
-                                     OUTCOME_MAX_ROUNDS)
+        (``spread_until_stable``; the first three rounds cost one timing of ``Timing.repeats``
+        calls); the target counts as met only when the lower end of the middle rounds
+        (``Spread.low``) reaches it."""
+        timing = search.timing
+        per_round = max(1, math.ceil(timing.repeats / OUTCOME_MIN_ROUNDS))
+        spread = spread_until_stable(lambda: _time([dense, approx], search.example, timing, per_round),
+                                     OUTCOME_MIN_ROUNDS, OUTCOME_MAX_ROUNDS)
         measured = spread.median
-        layout = "channels_last" if self.channels_last else "NCHW"
-        runtime = "" if self.backend == "torch" else f", {self.backend}"
-        where = f"batch {len(self.example_input)}, {layout}{runtime}, fitted bases"
+        runtime = "" if timing.backend == "torch" else f", {timing.backend}"
+        where = f"batch {len(search.example)}, {timing.layout}{runtime}, fitted bases"
         change = None
         if search.output_bounded:
             change = output_change(dense, approx, search.sample)
@@ -290,10 +284,29 @@ class TargetSpeedup(RankPolicy):
         return f" within the quality bounds (predicted): {'; '.join(bounds)}" if bounds else ""
 
     def describe(self) -> dict[str, Any]:
-        return {"policy": "target_speedup", "factor": self.factor, "batch": len(self.example_input),
-                "input_shape": list(self.example_input.shape[1:]), "channels_last": self.channels_last,
-                "margin": self.margin, "repeats": self.repeats, "max_layer_loss": self.max_layer_loss,
-                "max_output_change": self.max_output_change, "backend": self.backend,
+        return {"policy": "target_speedup", "factor": self.factor, "margin": self.margin,
+                "max_layer_loss": self.max_layer_loss, "max_output_change": self.max_output_change,
                 "allocation": "latency tables, Lagrangian"}
+
+
+def _time(models: list[nn.Module], example: torch.Tensor, timing: Timing, repeats: int | None = None) -> list[float]:
+    """Seconds per call of each model on ``example``, side by side, as ``timing`` says."""
+    return latencies(timing.backend)(models, example, repeats or timing.repeats, channels_last=timing.channels_last)
+
+
+def _legacy_timing(example_input: torch.Tensor | None, **timing: Any) -> tuple[torch.Tensor | None, dict[str, Any]] | None:
+    """The example and the timing settings of the deprecated ``TargetSpeedup(factor,
+    example_input, channels_last=, repeats=, backend=)``, checked; None when none was given."""
+    given = {name: value for name, value in timing.items() if value is not None}
+    if example_input is None and not given:
+        return None
+    warnings.warn("TargetSpeedup(factor, example_input, channels_last=, repeats=, backend=) is deprecated: give "
+                  "compress(example_input=..., timing=recon.Timing(batch, channels_last, backend, repeats))",
+                  DeprecationWarning, stacklevel=3)
+    if example_input is not None:
+        check_example(example_input, "TargetSpeedup's example input")
+        given["batch"] = len(example_input)
+    Timing(**given)  # checks the values
+    return example_input, given
 
 
