@@ -9,7 +9,8 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from recon.errors import ConfigError
+from recon.errors import ConfigError, DataError
+from recon.inputs import Batch, Inputs, keyword_inputs
 
 
 def _pruned(model: nn.Module) -> list[str]:
@@ -56,11 +57,18 @@ def copied(model: nn.Module) -> nn.Module:
                           "edits the model given") from err
 
 
-def check_example(example: object, what: str) -> torch.Tensor:
+def check_example(example: object, what: str) -> Batch:
     """``example`` if it is a batch a model can be timed and probed on: a finite floating-point
-    tensor with real values, batch dimension first; ConfigError otherwise."""
+    tensor with real values, batch dimension first, or a dict / ``recon.Inputs`` of tensors
+    (keyword inputs) holding one; ConfigError otherwise."""
+    if isinstance(example, (dict, Inputs)):
+        try:
+            return keyword_inputs(example, what)
+        except DataError as err:
+            raise ConfigError(str(err)) from None
     if not isinstance(example, torch.Tensor):
-        raise ConfigError(f"{what} must be a torch.Tensor (a batch the model takes), got {type(example).__name__}")
+        raise ConfigError(f"{what} must be a torch.Tensor or a dict of tensors (a batch the model takes), got "
+                          f"{type(example).__name__}")
     if not example.is_floating_point() or example.ndim < 2 or example.is_meta or not bool(torch.isfinite(example).all()):
         raise ConfigError(f"{what} must be a finite floating-point batch (batch dimension first) with real values, "
                           f"like the model's inputs; got {example.dtype} of shape {tuple(example.shape)} on "

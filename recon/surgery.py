@@ -13,6 +13,7 @@ from recon import methods
 from recon.bench.guard import MIN_SPEEDUP, guard_replacements
 from recon.errors import BasesFileError, ConfigError, LayerError, ReconError
 from recon.folding import folded_layers
+from recon.inputs import Batch, describe, moved, run
 from recon.io.bases_file import check_path, read_bases
 from recon.io.hashing import layer_sha256
 from recon.model_checks import check_example, check_model
@@ -98,16 +99,16 @@ def _weights_differ(at: str, layer: nn.Module, record: LayerRecord, recomputed: 
                           f"(weight_sha256 mismatch{cast}); {MISMATCH_HINT}")
 
 
-def _example_for(model: nn.Module, example_input: torch.Tensor) -> torch.Tensor:
+def _example_for(model: nn.Module, example_input: Batch) -> Batch:
     """``example_input`` on the model's device and in its dtype, after one forward pass of the
     dense model shows that the model takes it."""
     parameter = next(model.parameters())
-    example = example_input.to(parameter.device, parameter.dtype)
+    example = moved(example_input, parameter.device, parameter.dtype)
     try:
         with torch.no_grad():
-            model(example)
+            run(model, example)
     except (RuntimeError, ValueError, TypeError, IndexError) as err:
-        raise ConfigError(f"apply_bases: the model failed on example_input of shape {tuple(example.shape)}: "
+        raise ConfigError(f"apply_bases: the model failed on example_input of shape {describe(example)}: "
                           f"{err}") from err
     return example
 
@@ -133,7 +134,7 @@ def apply_bases(model: nn.Module, path: str | os.PathLike, allow_mismatch: bool 
     check_model(model, "apply_bases: model")
     check_path(path, "apply_bases: path")
     if example_input is not None:
-        check_example(example_input, "apply_bases: example_input")
+        example_input = check_example(example_input, "apply_bases: example_input")
     bases = read_bases(path)
     if not bases.layers:
         raise BasesFileError(f"{path} holds no layers: nothing to apply")

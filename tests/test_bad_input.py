@@ -29,7 +29,7 @@ def run_fit(capsys, *args):
     ("unbatched", "batch shape \\(3, 10, 10\\).*do the batches have a batch dimension first"),
     ("labels_only", "batch 0 has dtype torch.int64 \\(are these labels"),
     ("uint8_images", "batch 0 has dtype torch.uint8.*floating point inputs, normalised"),
-    ("dict_batches", "batch 0 is a dict \\(keys \\['image', 'label'\\]\\)"),
+    ("dict_batches", "keys \\['image', 'label'\\] name none of .*forward's parameters \\(x\\): name dict keys"),
     ("no_batches", "the data yielded no batches"),
     ("raising", "reading batch 1 of the data failed: OSError: disk went away"),
     ("nan_images", "batch 1 contains NaN or infinite values"),

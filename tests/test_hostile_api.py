@@ -86,9 +86,9 @@ class TwoInputs(nn.Module):
         return self.conv(a) + self.conv(b)
 
 
-def test_a_forward_of_several_inputs_is_said_to_be_unsupported():
-    pair = (torch.randn(2, 3, 8, 8), torch.randn(2, 3, 8, 8))
-    with pytest.raises(DataError, match="cannot be called on one input tensor"):
+def test_a_tuple_batch_for_a_forward_of_several_inputs_says_to_use_dict_batches():
+    pair = (torch.randn(2, 3, 8, 8), torch.randn(2, 3, 8, 8))  # a tuple is (inputs, labels, ...)
+    with pytest.raises(DataError, match="cannot be called on the first data sample .* dict batches, each key naming"):
         _compress(TwoInputs(), [pair])
 
 

@@ -68,6 +68,7 @@ LEVELS = [
     {"recon", "recon.version", "recon.errors", "solvers"},
     {"recon.nn"},
     {"recon.methods"},
+    {"recon.inputs"},
     {"recon.record", "recon.folding", "recon.data", "recon.metrics", "recon.model_checks"},
     {"recon.io", "recon.bench"},
     {"recon.surgery", "recon.zoo"},

@@ -11,8 +11,24 @@ from recon import data, zoo
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 
+class AsDicts:
+    """A dataset whose samples are dicts, as Hugging Face datasets give them."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        image, label = self.dataset[index]
+        return {"x": image, "label": label}
+
+
 @pytest.mark.slow
-def test_readme_python_example_compresses_and_saves(tmp_path, monkeypatch):
+@pytest.mark.dataset
+@pytest.mark.parametrize("samples", ["pairs", "dicts"])
+def test_readme_python_example_compresses_and_saves(samples, tmp_path, monkeypatch):
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
     example = next(block for block in blocks if "recon.compress" in block)
     assert len(example.strip().splitlines()) <= 8
@@ -20,7 +36,8 @@ def test_readme_python_example_compresses_and_saves(tmp_path, monkeypatch):
     # a trained model with layers worth compressing and its real data (a tiny model keeps every
     # layer dense, since nothing pays; random weights have no low-rank structure to keep)
     dataset = data.dataset("train", limit=128)
-    namespace = {"MyNet": lambda: zoo.load_model("fmnist-alexnet"), "my_dataset": dataset}
+    namespace = {"MyNet": lambda: zoo.load_model("fmnist-alexnet"),
+                 "my_dataset": dataset if samples == "pairs" else AsDicts(dataset)}
     exec(compile(example, "README.md", "exec"), namespace)
     saved = [path for path in tmp_path.rglob("*.h5")]
     assert len(saved) == 1

@@ -6,6 +6,7 @@ import math
 import torch
 from torch import nn
 
+from recon.inputs import run, take
 from recon.nn import LowRankModule
 
 
@@ -29,7 +30,7 @@ def layer_macs(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
              if isinstance(module, kinds) and not any(isinstance(child, kinds) for child in module.children())]
     try:
         with torch.inference_mode():
-            model(example[:1])
+            run(model, take(example, 1))
     finally:
         for hook in hooks:
             hook.remove()

@@ -32,6 +32,9 @@ def version() -> str:
 def session(module: nn.Module, example: torch.Tensor):
     """An onnxruntime CPU session of ``module`` traced on ``example`` (torch's thread count)."""
     ort = _onnxruntime()
+    if not isinstance(example, torch.Tensor):
+        raise ConfigError("the onnxruntime latency backend times models that take one tensor; this one takes keyword "
+                          "or several inputs: time with the torch backend")
     if example.device.type != "cpu":
         raise ConfigError(f"the onnxruntime latency backend times on the CPU; the inputs are on {example.device}")
     buffer = io.BytesIO()

@@ -12,14 +12,16 @@ import torch
 from torch import nn
 
 from recon.errors import LayerError
+from recon.inputs import Batch, device_of, run
+from recon.inputs import channels_last as to_channels_last
 
 
-def _synchronize(tensor: torch.Tensor) -> None:
-    if tensor.is_cuda:
-        torch.cuda.synchronize(tensor.device)
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
-def feeds_for(modules: list, inputs: torch.Tensor | list[torch.Tensor]) -> list[torch.Tensor]:
+def feeds_for(modules: list, inputs: Batch | list[Batch]) -> list[Batch]:
     """One input per module: ``inputs`` itself for all, or the list given (one per module)."""
     feeds = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs] * len(modules)
     if len(feeds) != len(modules):
@@ -41,12 +43,14 @@ def round_robin(calls: list[Callable[[], Any]], repeats: int, warmup: int) -> li
     return [statistics.median(samples) for samples in times]
 
 
-def _synchronized(module: nn.Module, feed: torch.Tensor) -> Callable[[], Any]:
+def _synchronized(module: nn.Module, feed: Batch) -> Callable[[], Any]:
     """A call of ``module`` on ``feed`` that returns once the device has finished it."""
+    where = device_of(feed)
+
     def call() -> Any:
-        _synchronize(feed)
-        output = module(feed)
-        _synchronize(feed)
+        _synchronize(where)
+        output = run(module, feed)
+        _synchronize(where)
         return output
     return call
 
@@ -66,7 +70,7 @@ def median_latencies(modules: list[nn.Module], inputs: torch.Tensor | list[torch
     feeds = feeds_for(modules, inputs)
     if channels_last:  # only 4-D inputs have that format (a Linear layer's do not)
         modules = [copy.deepcopy(module).to(memory_format=torch.channels_last) for module in modules]
-        feeds = [feed.contiguous(memory_format=torch.channels_last) if feed.ndim == 4 else feed for feed in feeds]
+        feeds = [to_channels_last(feed) for feed in feeds]
     return round_robin([_synchronized(module, feed) for module, feed in zip(modules, feeds)], repeats, warmup)
 
 
@@ -144,7 +148,7 @@ def latencies_by_format(modules: list[nn.Module], inputs: torch.Tensor, repeats:
     return {name: median_latencies(modules, inputs, repeats, channels_last=flag) for name, flag in MEMORY_FORMATS.items()}
 
 
-def capture_layer_inputs(model: nn.Module, names: list[str], example: torch.Tensor) -> dict[str, torch.Tensor]:
+def capture_layer_inputs(model: nn.Module, names: list[str], example: Batch) -> dict[str, torch.Tensor]:
     """Each named submodule's input for one forward pass of ``example``."""
     captured: dict[str, torch.Tensor] = {}
     hooks = [model.get_submodule(name).register_forward_pre_hook(
@@ -152,7 +156,7 @@ def capture_layer_inputs(model: nn.Module, names: list[str], example: torch.Tens
         for name in names]
     try:
         with torch.inference_mode():
-            model(example)
+            run(model, example)
     finally:
         for hook in hooks:
             hook.remove()

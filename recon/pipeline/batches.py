@@ -1,7 +1,9 @@
 """User data as recon reads it: a re-iterable of input batches, checked batch by batch.
 
 Accepted: any re-iterable (a list, a ``DataLoader``) or a callable returning a fresh
-iterable, yielding tensors or (inputs, labels, ...) tuples; NumPy arrays are converted.
+iterable, yielding tensors, (inputs, labels, ...) tuples, dicts of tensors (keyword inputs of
+the model's forward, ``recon.inputs``; values that are not tensors are left out) or
+``recon.Inputs``; NumPy arrays are converted.
 Each batch is checked (floating point, batched, finite), cast to the model's dtype and moved
 to its device; at most ``samples`` samples are read per pass, so an endless source ends.
 What is wrong is said in a ``DataError`` that names the batch. A source without ``len()``
@@ -17,17 +19,17 @@ import numpy as np
 import torch
 
 from recon.errors import DataError
+from recon.inputs import Batch, Inputs, keyword_inputs, moved, size, take
 
 DataSource = Iterable | Callable[[], Iterable]
 UNSIZED_SAMPLES = 100_000  # samples read per pass from a source without len() when no samples= is given
 LOG = logging.getLogger("recon")
 
 
-def _inputs(batch: object, index: int) -> torch.Tensor:
-    """The input tensor of one yielded batch."""
-    if isinstance(batch, dict):
-        raise DataError(f"batch {index} is a dict (keys {sorted(map(str, batch))[:4]}); yield input tensors or "
-                        "(inputs, labels) tuples, e.g. with a generator that yields batch['image']")
+def _inputs(batch: object, index: int) -> Batch:
+    """The inputs of one yielded batch: a checked tensor, or checked ``Inputs``."""
+    if isinstance(batch, (dict, Inputs)):
+        return keyword_inputs(batch, f"batch {index}")
     if isinstance(batch, (tuple, list)):
         if not batch:
             raise DataError(f"batch {index} is an empty {type(batch).__name__}")
@@ -89,7 +91,7 @@ class Batches:
                             "DataLoader, a generator)")
         return made
 
-    def __iter__(self) -> Iterator[torch.Tensor]:
+    def __iter__(self) -> Iterator[Batch]:
         seen = 0
         iterable = self._iterable()
         limit = self.samples if self.samples is not None or _has_len(iterable) else UNSIZED_SAMPLES
@@ -104,10 +106,10 @@ class Batches:
                 raise DataError(f"reading batch {index} of the data failed: {type(err).__name__}: {err}") from err
             inputs = _inputs(batch, index)
             if limit is not None:
-                inputs = inputs[: limit - seen]
-            seen += len(inputs)
+                inputs = take(inputs, limit - seen)
+            seen += size(inputs)
             index += 1
-            yield inputs.to(device=self.device, dtype=self.dtype or inputs.dtype)
+            yield moved(inputs, self.device, self.dtype)
         if index == 0:
             raise DataError("the data yielded no batches")
         if limit is not None and seen >= limit and self.samples is None and not self.capped:
@@ -115,6 +117,6 @@ class Batches:
             LOG.warning("warning: the data has no len() and no samples= was given: read its first %d samples; pass "
                         "samples= to read more or fewer", limit)
 
-    def first(self) -> torch.Tensor:
+    def first(self) -> Batch:
         """The first batch."""
         return next(iter(self))

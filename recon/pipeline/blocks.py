@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from recon.errors import ConfigError, DataError
+from recon.inputs import Batch, cat, chunks, size
 from recon.nn import LowRankModule
 from recon.pipeline.batches import Batches
 from recon.pipeline.finetune import clipped_step, only_trainable, relative_adam, shuffled_batches
@@ -88,7 +89,7 @@ class _BlockInputs:
     """What each block receives in the dense and in the approximated model for every image:
     carried block by block (``recon.pipeline.propagate``), else from passes that stop at the block."""
 
-    def __init__(self, dense: nn.Module, approx: nn.Module, chunks: list[torch.Tensor], blocks: list[str]) -> None:
+    def __init__(self, dense: nn.Module, approx: nn.Module, chunks: list[Batch], blocks: list[str]) -> None:
         self.dense, self.approx, self.chunks = dense, approx, chunks
         self.carried = Carried(dense, approx, chunks, blocks)
 
@@ -174,16 +175,16 @@ def reconstruct_blocks(approx: nn.Module, dense: nn.Module, data: Iterable, *, b
         if empty:
             raise ConfigError(f"block(s) {', '.join(empty)} hold no low-rank layer")
     parameter = next(approx.parameters())
-    images = torch.cat(list(Batches(data, samples, parameter.device, parameter.dtype)))
-    held = int(len(images) * HELD_OUT_FRACTION)
+    images = cat(list(Batches(data, samples, parameter.device, parameter.dtype)))
+    held = int(size(images) * HELD_OUT_FRACTION)
     if held < MIN_HELD_OUT:
         raise ConfigError(f"block reconstruction holds out {HELD_OUT_FRACTION:.0%} of the calibration images to judge "
                           f"each block and needs at least {MIN_HELD_OUT} held out: give at least "
-                          f"{int(MIN_HELD_OUT / HELD_OUT_FRACTION)} images (got {len(images)})")
+                          f"{int(MIN_HELD_OUT / HELD_OUT_FRACTION)} images (got {size(images)})")
     start, generator, results = time.perf_counter(), torch.Generator().manual_seed(seed), []
     approx.eval()
     dense.eval()
-    block_inputs = _BlockInputs(dense, approx, list(images.split(batch_size)), list(found))
+    block_inputs = _BlockInputs(dense, approx, chunks(images, batch_size), list(found))
     for name, inside in found.items():
         try:
             dense_block = dense.get_submodule(name)

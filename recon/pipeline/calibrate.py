@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from recon.errors import ConfigError, DataError
+from recon.inputs import Batch, cat, chunks, describe, device_of, run, select, size, take
 from recon.model_checks import check_made_from, check_model
 from recon.nn import LowRankModule
 from recon.pipeline.batches import Batches
@@ -60,20 +61,20 @@ def low_rank_layers(model: nn.Module) -> list[str]:
     return [name for name, module in model.named_modules() if isinstance(module, LowRankModule)]
 
 
-def _outputs(model: nn.Module, names: list[str], inputs: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def _outputs(model: nn.Module, names: list[str], inputs: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The model's output and each named layer's output for ``inputs`` (graph kept when grad is on)."""
     captured: dict[str, torch.Tensor] = {}
     hooks = [model.get_submodule(name).register_forward_hook(
         lambda module, args, output, name=name: captured.__setitem__(name, output)) for name in names]
     try:
-        output = model_output(model(inputs))
+        output = model_output(run(model, inputs))
     finally:
         for hook in hooks:
             hook.remove()
     return output, captured
 
 
-def _errors(approx: nn.Module, dense: nn.Module, names: list[str], inputs: torch.Tensor) -> tuple[float, float]:
+def _errors(approx: nn.Module, dense: nn.Module, names: list[str], inputs: Batch) -> tuple[float, float]:
     with torch.no_grad():
         out_hat, layers_hat = _outputs(approx, names, inputs)
         out, layers = _outputs(dense, names, inputs)
@@ -93,17 +94,17 @@ def correct_biases(approx: nn.Module, dense: nn.Module, names: list[str], batche
     for inputs in batches:
         for target, model in ((sums_hat, approx), (sums, dense)):
             for name, mean in _channel_means(_outputs(model, names, inputs)[1]).items():
-                target[name] = target.get(name, 0) + mean * len(inputs)
+                target[name] = target.get(name, 0) + mean * size(inputs)
     for name in names:
         module = approx.get_submodule(name)
-        shift = ((sums[name] - sums_hat[name]) / sum(len(b) for b in batches)).to(module.dense_weight().dtype)
+        shift = ((sums[name] - sums_hat[name]) / sum(size(b) for b in batches)).to(module.dense_weight().dtype)
         if module.bias is None:
             module.bias = nn.Parameter(torch.zeros_like(shift))
         module.bias.add_(shift)
 
 
-def _samples(data: Iterable, limit: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    return torch.cat(list(Batches(data, limit, device, dtype)))
+def _samples(data: Iterable, limit: int, device: torch.device, dtype: torch.dtype) -> Batch:
+    return cat(list(Batches(data, limit, device, dtype)))
 
 
 def _check(samples: int, epochs: int, batch_size: int, lr: float) -> None:
@@ -134,14 +135,15 @@ def calibrate(approx: nn.Module, dense: nn.Module, data: Iterable, *, samples: i
     approx.eval()
     dense.eval()
     images = _samples(data, samples, parameter.device, parameter.dtype)
-    if len(images) < 2:
-        raise ConfigError(f"calibration needs at least 2 samples, got {len(images)}")
-    held = min(500, max(1, len(images) // 10))
-    held_out, train = images[:held], images[held:]
+    count = size(images)
+    if count < 2:
+        raise ConfigError(f"calibration needs at least 2 samples, got {count}")
+    held = min(500, max(1, count // 10))
+    held_out, train = take(images, held), take(images, held, count)
     try:
         before = _errors(approx, dense, names, held_out)
     except RuntimeError as err:
-        raise DataError(f"the models failed on the calibration data (batch shape {tuple(held_out.shape)}): {err}") \
+        raise DataError(f"the models failed on the calibration data (batch shape {describe(held_out)}): {err}") \
             from err
     modules = [approx.get_submodule(name) for name in names]
 
@@ -160,7 +162,7 @@ def calibrate(approx: nn.Module, dense: nn.Module, data: Iterable, *, samples: i
         LOG.info("%s raised the held-out output error (%.4f -> %.4f): undone", what, baseline[0], errors[0])
         return baseline, None
 
-    after_bias, _ = unless_better(lambda: correct_biases(approx, dense, names, list(train.split(250))), before,
+    after_bias, _ = unless_better(lambda: correct_biases(approx, dense, names, chunks(train, 250)), before,
                                   "bias correction")
     after, steps = unless_better(lambda: _distil(approx, dense, names, train, epochs, batch_size, lr, seed, progress),
                                  after_bias, "distillation")
@@ -170,7 +172,7 @@ def calibrate(approx: nn.Module, dense: nn.Module, data: Iterable, *, samples: i
     return report
 
 
-def _distil(approx: nn.Module, dense: nn.Module, names: list[str], train: torch.Tensor, epochs: int,
+def _distil(approx: nn.Module, dense: nn.Module, names: list[str], train: Batch, epochs: int,
             batch_size: int, lr: float, seed: int, progress: bool) -> int:
     """Adam on the low-rank factors against the dense model's layer and model outputs; stops
     at a non-finite loss (the caller undoes steps that did not help). Returns the steps taken."""
@@ -180,9 +182,9 @@ def _distil(approx: nn.Module, dense: nn.Module, names: list[str], train: torch.
     steps = 0
     with only_trainable(approx, parameters):
         for epoch in range(epochs):
-            for index in shuffled_batches(len(train), batch_size, generator, train.device,
+            for index in shuffled_batches(size(train), batch_size, generator, device_of(train),
                                           f"calibration {epoch + 1}/{epochs}", progress):
-                inputs = train[index]
+                inputs = select(train, index)
                 with torch.no_grad():
                     out, layers = _outputs(dense, names, inputs)
                 out_hat, layers_hat = _outputs(approx, names, inputs)

@@ -32,6 +32,7 @@ from recon.bench.settings import Timing
 from recon.bench.timing import capture_layer_inputs
 from recon.errors import ConfigError, DataError
 from recon.folding import batchnorm_pairs, fold_batchnorms
+from recon.inputs import Batch, cat, describe, moved, size, take
 from recon.io.bases_file import update_bases
 from recon.io.hashing import model_sha256
 from recon.methods import Candidates, Method, SolverOptions
@@ -192,22 +193,23 @@ class _Plan:
     config: CompressConfig
 
 
-def _layer_inputs(model: nn.Module, layers: list[str], example: torch.Tensor | None, source: str,
+def _layer_inputs(model: nn.Module, layers: list[str], example: Batch | None, source: str,
                   whole_batch: bool) -> dict[str, torch.Tensor] | None:
     """Each layer's input within ``example`` (within its first sample unless ``whole_batch``:
     the shapes are all that is needed then); None without an example. ``source`` names where
     the example came from, for errors."""
     if example is None:
         return None
-    batch = example if whole_batch else example[:1]
+    batch = example if whole_batch else take(example, 1)
     try:
         return capture_layer_inputs(model, layers, batch)
     except TypeError as err:  # a forward that wants several inputs or keywords
-        raise DataError(f"the model cannot be called on one input tensor ({err}): recon calls model(inputs) with "
-                        "each batch's inputs (the first element of a tuple batch); wrap a model that takes several "
-                        "inputs or keywords in a module whose forward takes one tensor") from err
+        raise DataError(f"the model cannot be called on {source} ({err}): recon calls model(inputs) with each "
+                        "batch's inputs (the first element of a tuple batch); feed a model that takes several inputs "
+                        "or keywords dict batches, each key naming a parameter of its forward") from err
     except RuntimeError as err:
-        hint = "; do the batches have a batch dimension first?" if example.ndim <= 3 else ""
+        hint = "; do the batches have a batch dimension first?" if isinstance(example, torch.Tensor) and \
+            example.ndim <= 3 else ""
         raise DataError(f"the model failed on {source}: {err}{hint}") from err
 
 
@@ -252,6 +254,7 @@ def compress(model: nn.Module, data: DataSource | None = None, config: CompressC
     """
     check_model(model)
     config, example_input = _settled(config, settings, example_input)
+    example_input = None if example_input is None else check_example(example_input, "example_input")
     plan = _plan(model, data, layers, config, example_input, device, on_layers)
     config = plan.config
     solver, asymmetric = config.solver, plan.mode == "asymmetric"
@@ -485,8 +488,6 @@ def _plan(model: nn.Module, data: DataSource | None, layers: LayerSpec | None, c
     if on_layers is not None and not callable(on_layers):
         raise ConfigError(f"on_layers must be a function of a list of records, got {type(on_layers).__name__}")
     check_device(device)
-    if example_input is not None:
-        check_example(example_input, "example_input")
     if data is None and example_input is None:
         for needed, what in ((config.guard, "the guard times layers"),
                              (policy.measures_speed, f"{type(policy).__name__} times the model")):
@@ -507,19 +508,19 @@ def _timing_example(example_input: Any, batches: Batches | None, work: nn.Module
     if source is None:
         return None, ""
     what = "example_input" if example_input is not None else "the first data sample"
-    described = f"{what} (batch shape {tuple(source.shape)})"
+    described = f"{what} (batch shape {describe(source)})"
     parameter = next(work.parameters())
-    source = source.to(parameter.device, parameter.dtype if source.is_floating_point() else source.dtype)
-    return torch.cat([source] * math.ceil(batch / len(source)))[:batch].contiguous(), described
+    source = moved(source, parameter.device, parameter.dtype)
+    return take(cat([source] * math.ceil(batch / size(source))), batch), described
 
 
-def _sensitivity_sample(batches: Batches) -> torch.Tensor:
+def _sensitivity_sample(batches: Batches) -> Batch:
     """Up to ``SENSITIVITY_SAMPLES`` samples from the first batches (one batch of one sample has
     no variation to measure a sensitivity on)."""
     taken, count = [], 0
     for inputs in batches:
-        taken.append(inputs[: SENSITIVITY_SAMPLES - count])
-        count += len(taken[-1])
+        taken.append(take(inputs, SENSITIVITY_SAMPLES - count))
+        count += size(taken[-1])
         if count >= SENSITIVITY_SAMPLES:
             break
-    return torch.cat(taken)
+    return cat(taken)

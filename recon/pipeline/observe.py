@@ -26,6 +26,7 @@ from torch import nn
 from tqdm import tqdm
 
 from recon.errors import DataError, LayerError
+from recon.inputs import Batch, describe, run
 from recon.model_checks import check_model
 from recon.nn import ConvGeometry, Geometry, geometry_of
 from recon.pipeline.batches import Batches, DataSource
@@ -175,12 +176,12 @@ class _InputHook:
         self.handle.remove()
 
 
-def _forward(model: nn.Module, inputs: torch.Tensor, index: int) -> None:
+def _forward(model: nn.Module, inputs: Batch, index: int) -> None:
     """One batch through ``model``; a failure names the batch and its shape."""
     try:
-        model(inputs)
+        run(model, inputs)
     except RuntimeError as err:
-        raise DataError(f"the model failed on data batch {index} of shape {tuple(inputs.shape)}: {err}") from err
+        raise DataError(f"the model failed on data batch {index} of shape {describe(inputs)}: {err}") from err
 
 
 def _batches(batches: Batches, description: str, progress: bool):
@@ -268,7 +269,7 @@ def stop_at(model: nn.Module, layer: str, run: Callable[[], Any]) -> torch.Tenso
     raise DataError(f"layer {layer} never ran while the data went through the model")
 
 
-def input_of(model: nn.Module, layer: str, inputs: torch.Tensor, index: int) -> torch.Tensor:
+def input_of(model: nn.Module, layer: str, inputs: Batch, index: int) -> torch.Tensor:
     """What ``layer`` receives when the batch ``inputs`` (number ``index``) goes through ``model``."""
     return stop_at(model, layer, lambda: _forward(model, inputs, index))
 

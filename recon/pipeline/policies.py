@@ -25,6 +25,7 @@ from torch import nn
 from recon.bench.settings import Timing
 from recon.bench.timing import Spread
 from recon.errors import ConfigError
+from recon.inputs import Batch
 from recon.methods import Method
 from recon.nn import Geometry
 from recon.record import LayerRecord
@@ -54,10 +55,10 @@ class RankProblem:
     geometries: dict[str, Geometry]
     weights: dict[str, np.ndarray]
     moments: dict[str, Moments] | None
-    sample: torch.Tensor | None
+    sample: Batch | None
     fit: Callable[[str, Choice], LayerRecord]
     report: Callable[[str], None]
-    example: torch.Tensor | None = None
+    example: Batch | None = None
     timing: Timing = Timing()
     layer_inputs: dict[str, torch.Tensor] | None = None
 

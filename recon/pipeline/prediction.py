@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from recon.errors import FitError
+from recon.inputs import Batch, run
 from recon.methods import Method
 from recon.nn import LowRankModule
 from recon.pipeline.fitting import approximation_error, to_numpy
@@ -35,11 +36,11 @@ PROBE_LOSS = 0.05  # the sensitivity probe of a layer loses about this much
 
 
 @torch.inference_mode()
-def output_sensitivities(model: nn.Module, probes: dict[str, nn.Module], sample: torch.Tensor) -> dict[str, float]:
+def output_sensitivities(model: nn.Module, probes: dict[str, nn.Module], sample: Batch) -> dict[str, float]:
     """Per named layer: the relative change of ``model``'s output on the batch ``sample``
     divided by the relative change of the layer's output, when ``probes[name]`` computes
     that layer's output instead (0 for a probe that changes nothing)."""
-    reference = model_output(model(sample)).double()
+    reference = model_output(run(model, sample)).double()
     sensitivities = {}
     for name, probe in probes.items():
         changes = []
@@ -51,7 +52,7 @@ def output_sensitivities(model: nn.Module, probes: dict[str, nn.Module], sample:
 
         hook = model.get_submodule(name).register_forward_hook(replace)
         try:
-            change = float(relative_change(model_output(model(sample)).double(), reference))
+            change = float(relative_change(model_output(run(model, sample)).double(), reference))
         finally:
             hook.remove()
         sensitivities[name] = change / changes[0] if changes[0] > 0 else 0.0
@@ -59,13 +60,13 @@ def output_sensitivities(model: nn.Module, probes: dict[str, nn.Module], sample:
 
 
 @torch.inference_mode()
-def output_change(dense: nn.Module, approx: nn.Module, sample: torch.Tensor) -> float:
+def output_change(dense: nn.Module, approx: nn.Module, sample: Batch) -> float:
     """The relative change of ``approx``'s output from ``dense``'s on ``sample``."""
-    return float(relative_change(model_output(approx(sample)).double(), model_output(dense(sample)).double()))
+    return float(relative_change(model_output(run(approx, sample)).double(), model_output(run(dense, sample)).double()))
 
 
 @torch.inference_mode()
-def contributions(dense: nn.Module, approx: nn.Module, layers: list[str], sample: torch.Tensor) -> tuple[float, dict[str, float]]:
+def contributions(dense: nn.Module, approx: nn.Module, layers: list[str], sample: Batch) -> tuple[float, dict[str, float]]:
     """(``output_change`` of ``approx``, and per named layer the part of it that goes away when
     that layer alone computes its dense output again): each layer's share of the error as the
     approximated network really compounds it."""

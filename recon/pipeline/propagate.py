@@ -137,6 +137,8 @@ class Carried:
     def __init__(self, dense: nn.Module, approx: nn.Module, chunks: list[torch.Tensor], blocks: list[str]) -> None:
         self.propagation: Propagation | None = None
         try:
+            if not all(isinstance(chunk, torch.Tensor) for chunk in chunks):
+                raise Untraceable("the model takes keyword or several inputs; propagation feeds one tensor")
             self.propagation = Propagation(dense, approx, chunks, blocks)
         except Untraceable as err:
             self._give_up(err)

@@ -27,6 +27,7 @@ from recon.bench.settings import Timing
 from recon.bench.placeholders import timing_model
 from recon.bench.timing import capture_layer_inputs, spread_until_stable
 from recon.errors import ConfigError
+from recon.inputs import Batch, size
 from recon.methods import Method
 from recon.model_checks import check_example
 from recon.pipeline.allocate import LayerChoices, allocate
@@ -69,8 +70,8 @@ class SpeedupSearch(Search):
     predicted output change was bounded, and where progress goes."""
 
     choices: dict[str, LayerChoices]
-    sample: torch.Tensor | None
-    example: torch.Tensor
+    sample: Batch | None
+    example: Batch
     timing: Timing
     best_measured: float
     layer_bound: str
@@ -160,7 +161,7 @@ class TargetSpeedup(RankPolicy):
         return LayerChoices(tuple(options), np.array(seconds), np.array(losses))
 
     def choose(self, problem: RankProblem) -> SpeedupSearch:
-        if problem.sample is not None and len(problem.sample) < 2:
+        if problem.sample is not None and size(problem.sample) < 2:
             raise ConfigError("TargetSpeedup measures each layer's sensitivity on how the data varies, and the data "
                               "holds one sample: give more samples (up to 256 are used)")
         if problem.example is None:
@@ -262,7 +263,7 @@ class TargetSpeedup(RankPolicy):
                                      OUTCOME_MIN_ROUNDS, OUTCOME_MAX_ROUNDS)
         measured = spread.median
         runtime = "" if timing.backend == "torch" else f", {timing.backend}"
-        where = f"batch {len(search.example)}, {timing.layout}{runtime}, fitted bases"
+        where = f"batch {size(search.example)}, {timing.layout}{runtime}, fitted bases"
         change = None
         if search.output_bounded:
             change = output_change(dense, approx, search.sample)
@@ -289,7 +290,7 @@ class TargetSpeedup(RankPolicy):
                 "allocation": "latency tables, Lagrangian"}
 
 
-def _time(models: list[nn.Module], example: torch.Tensor, timing: Timing, repeats: int | None = None) -> list[float]:
+def _time(models: list[nn.Module], example: Batch, timing: Timing, repeats: int | None = None) -> list[float]:
     """Seconds per call of each model on ``example``, side by side, as ``timing`` says."""
     return latencies(timing.backend)(models, example, repeats or timing.repeats, channels_last=timing.channels_last)
 
