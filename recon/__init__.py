@@ -20,7 +20,8 @@ from recon.version import __version__
 
 _EXPORTS = {
     "compress": "recon.pipeline.compress", "Compression": "recon.pipeline.compress",
-    "decompose": "recon.pipeline.fitting", "observe": "recon.pipeline.observe",
+    "decompose": "recon.pipeline.fitting", "observe": "recon.pipeline.observe", "observing": "recon.pipeline.observe",
+    "Observation": "recon.pipeline.observe", "Inputs": "recon.inputs",
     "calibrate": "recon.pipeline.calibrate",
     "AccuracyBudget": "recon.pipeline.policies", "Fixed": "recon.pipeline.policies",
     "TargetSpeedup": "recon.pipeline.target_speedup", "SolverOptions": "recon.methods",

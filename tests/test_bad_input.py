@@ -50,6 +50,7 @@ def test_float64_and_numpy_batches_are_converted(factory, tmp_path, capsys):
     assert code == 0, err
 
 
+@pytest.mark.slow
 def test_an_endless_data_source_stops_at_samples(tmp_path, capsys):
     code, err = run_fit(capsys, "--model", TINY, "--data", "tests.fixture_models:endless", "--samples", "10",
                         "--layer", "all", "--bases", "2", "--out", str(tmp_path / "x.h5"))

@@ -23,6 +23,7 @@ def test_a_config_survives_its_dict_and_json():
     assert again.solver == config.solver
 
 
+@pytest.mark.slow
 def test_a_bases_file_replays_its_settings(tmp_path):
     made = recon.compress(tiny(), tiny_batches, ranks={"features.0": 2, "features.4": 3}, mode="asymmetric",
                           patches_per_image=None, solver=recon.SolverOptions(lbfgs_iterations=30), progress=False)

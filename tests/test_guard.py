@@ -25,6 +25,7 @@ class Sleepy(nn.Module):
         return self.inner(x)
 
 
+@pytest.mark.slow
 def test_real_timing_rejects_a_slower_replacement_and_keeps_a_faster_one():
     conv = nn.Conv2d(4, 4, 3, padding=1)
     x = torch.randn(1, 4, 8, 8)

@@ -54,6 +54,7 @@ def _outputs(model, batches):
                       for batch in batches])
 
 
+@pytest.mark.slow
 def test_a_dataloader_of_dicts_compresses_a_pixel_values_model_end_to_end(tmp_path):
     loader = DataLoader(Images(), batch_size=32)
     batches = [Inputs(kwargs={"pixel_values": b["pixel_values"]}) for b in loader]
@@ -76,6 +77,7 @@ def test_a_dataloader_of_dicts_compresses_a_pixel_values_model_end_to_end(tmp_pa
     torch.testing.assert_close(_outputs(applied, batches), _outputs(full.model, batches))
 
 
+@pytest.mark.slow
 def test_a_model_of_two_inputs_takes_dict_batches_named_after_its_parameters():
     generator = torch.Generator().manual_seed(3)
     data = [{"image": torch.randn(16, 3, 8, 8, generator=generator), "depth": torch.randn(16, 2, 8, 8, generator=generator),

@@ -221,6 +221,7 @@ def test_methods_timed_in_different_rounds_are_scaled_to_one_dense_time():
         ("scheme2", 1), ("scheme2", 2), ("tucker2", 1), ("tucker2", 2)]
 
 
+@pytest.mark.slow
 def test_a_method_without_a_closed_form_is_judged_by_its_measured_quick_fit_errors(model):
     """cp has no closed form: its predicted error at each latency-table rank is the weight
     energy its quick-fit module loses (checked against the module's dense weight), so the

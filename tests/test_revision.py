@@ -16,6 +16,7 @@ from tests.fixture_models import tiny, tiny_batches
 LAYERS = ["features.0", "features.2", "features.4"]
 
 
+@pytest.mark.slow
 def test_each_layers_share_is_the_change_that_goes_when_it_alone_is_dense_again():
     model = tiny()
     approx = recon.compress(model, tiny_batches, ranks=3, progress=False).model

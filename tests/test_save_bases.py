@@ -34,6 +34,7 @@ def _train_a_little(model: nn.Module) -> None:
                     parameter.mul_(1.05).add_(0.01)
 
 
+@pytest.mark.slow
 def test_a_trained_compression_with_folded_batchnorms_round_trips(tmp_path):
     dense = _resnet()
     data = [torch.randn(8, 3, 12, 12, generator=torch.Generator().manual_seed(i)) for i in range(2)]

@@ -44,7 +44,7 @@ from recon.pipeline.blocks import BlockReport, BlockResult, reconstruct_blocks
 from recon.pipeline.calibrate import CalibrationReport, calibrate
 from recon.pipeline.config import CompressConfig
 from recon.pipeline.fitting import fit_layer, fit_layers, to_numpy
-from recon.pipeline.observe import observe
+from recon.pipeline.observe import Observation, observe
 from recon.pipeline.policies import Choice, Fixed, Outcome, RankPolicy, RankProblem
 from recon.pipeline.report import table
 from recon.pipeline.save import write_records
@@ -173,10 +173,13 @@ def _check_input_size(input_size: Any) -> tuple[int, ...] | None:
     return size
 
 
-def _resolve_mode(mode: str | None, data: DataSource | None, method: Candidates) -> str:
-    """The reconstruction mode: data when there is data and a candidate fits data (candidates
-    that do not fit data are fitted to their weights all the same)."""
+def _resolve_mode(mode: str | None, data: DataSource | Observation | None, method: Candidates) -> str:
+    """The reconstruction mode: data when there is data (or an observation) and a candidate
+    fits data (candidates that do not fit data are fitted to their weights all the same)."""
     mode = mode or ("data" if data is not None and method.fits_data else "filter")
+    if mode == "asymmetric" and isinstance(data, Observation):
+        raise ConfigError("asymmetric mode runs the data through the model as it is approximated, which an "
+                          "observation cannot: pass the data itself")
     if mode != "filter" and data is None:
         raise ConfigError(f"mode={mode!r} is data reconstruction, which needs data: pass batches of the model's inputs")
     return mode
@@ -222,7 +225,10 @@ def compress(model: nn.Module, data: DataSource | None = None, config: CompressC
     Args:
       model: a trained torch model, on any device.
       data: batches of the model's inputs (a DataLoader, a list, or a function returning a
-        fresh iterable; tensors or (inputs, labels) pairs). None: filter reconstruction only.
+        fresh iterable; tensors, (inputs, labels) pairs or dicts of keyword inputs), or an
+        ``Observation`` of the model (``recon.observe``, ``recon.observing``: its statistics,
+        example and sample are used and the data is not read again; not for asymmetric mode).
+        None: filter reconstruction only.
       config: every setting of the compression (``recon.CompressConfig``; default: its
         defaults). ``settings`` are the same fields given as keywords, e.g.
         ``compress(model, data, method="scheme2", ranks=48, mode="asymmetric",
@@ -256,20 +262,28 @@ def compress(model: nn.Module, data: DataSource | None = None, config: CompressC
     config, example_input = _settled(config, settings, example_input)
     example_input = None if example_input is None else check_example(example_input, "example_input")
     plan = _plan(model, data, layers, config, example_input, device, on_layers)
+    home = next(model.parameters()).device
+    observation = data if isinstance(data, Observation) else None
+    if observation is not None:  # its statistics, example and sample stand in for the data
+        observation.check_for(model, plan.layers, torch.device(device or home))
+        plan.config = plan.config.replace(patches_per_image=observation.patches_per_image)
     config = plan.config
     solver, asymmetric = config.solver, plan.mode == "asymmetric"
-    home = next(model.parameters()).device
     work = copied(model).to(device or home).eval()
     folded = _fold(work, plan.layers) if config.fold_batchnorm else {}
-    batches = None if data is None else Batches(data, config.samples, next(work.parameters()).device,
-                                                next(work.parameters()).dtype)
-    example, source = _timing_example(example_input, batches, work, config.timing.batch)
+    batches = None if data is None or observation is not None else Batches(
+        data, config.samples, next(work.parameters()).device, next(work.parameters()).dtype)
+    example, source = _timing_example(example_input, batches, observation, work, config.timing.batch)
     timed = config.guard or plan.policy.measures_speed
     inputs = _layer_inputs(work, plan.layers, example, source, whole_batch=timed)
     shapes = None if inputs is None else {name: tuple(x.shape[1:]) for name, x in inputs.items()}
     symmetric = None
-    if plan.mode == "data" or (asymmetric and plan.policy.uses_statistics):
+    if observation is not None and plan.mode == "data":
+        symmetric = {name: observation[name] for name in plan.layers}
+    elif plan.mode == "data" or (asymmetric and plan.policy.uses_statistics):
         symmetric = observe(work, batches, plan.layers, config.patches_per_image, solver.seed, progress)
+    sample = observation.sample if observation is not None else None if batches is None else _sensitivity_sample(
+        batches)
 
     def fit(name: str, choice: Choice, moments=None) -> LayerRecord:
         moments = moments if moments is not None else (None if symmetric is None else symmetric[name])
@@ -279,7 +293,7 @@ def compress(model: nn.Module, data: DataSource | None = None, config: CompressC
     problem = RankProblem(work, {name: plan.method.for_layer(work.get_submodule(name)) for name in plan.layers},
                           plan.layers, {name: plan.method.geometry(work.get_submodule(name)) for name in plan.layers},
                           {name: to_numpy(work.get_submodule(name).weight) for name in plan.layers},
-                          symmetric, None if batches is None else _sensitivity_sample(batches), fit, LOG.info,
+                          symmetric, sample, fit, LOG.info,
                           example if timed else None, config.timing, inputs if timed else None)
     search = plan.policy.choose(problem)
     chosen = search.chosen
@@ -499,15 +513,19 @@ def _plan(model: nn.Module, data: DataSource | None, layers: LayerSpec | None, c
     return _Plan(method, mode, policy, names, config.replace(mode=mode))
 
 
-def _timing_example(example_input: Any, batches: Batches | None, work: nn.Module,
-                    batch: int) -> tuple[torch.Tensor | None, str]:
+def _timing_example(example_input: Any, batches: Batches | None, observation: Observation | None, work: nn.Module,
+                    batch: int) -> tuple[Batch | None, str]:
     """(the batch every timing runs on: ``example_input``, else the data's first batch, on the
     working device with its samples cut or cycled to ``batch``, or None without either; what
     it was made from, for errors)."""
-    source = example_input if example_input is not None else None if batches is None else batches.first()
+    if example_input is not None:
+        source, what = example_input, "example_input"
+    elif observation is not None:
+        source, what = observation.example, "the observation's first batch"
+    else:
+        source, what = None if batches is None else batches.first(), "the first data sample"
     if source is None:
         return None, ""
-    what = "example_input" if example_input is not None else "the first data sample"
     described = f"{what} (batch shape {describe(source)})"
     parameter = next(work.parameters())
     source = moved(source, parameter.device, parameter.dtype)

@@ -17,7 +17,9 @@ the same in every pass and whatever other layers are observed.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -25,8 +27,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from recon.errors import DataError, LayerError
-from recon.inputs import Batch, describe, run
+from recon.errors import ConfigError, DataError, LayerError
+from recon.inputs import Batch, Inputs, cat, describe, run, size, take
+from recon.io.hashing import model_sha256
 from recon.model_checks import check_model
 from recon.nn import ConvGeometry, Geometry, geometry_of
 from recon.pipeline.batches import Batches, DataSource
@@ -189,40 +192,148 @@ def _batches(batches: Batches, description: str, progress: bool):
     return enumerate(tqdm(batches, desc=description, unit="batch", disable=not progress, leave=False))
 
 
-def observe(model: nn.Module, data: Batches | DataSource, layers: list[str] | str = "all",
-            patches_per_image: int | None = 32, seed: int = 0, progress: bool = True,
-            samples: int | None = None) -> dict[str, Moments]:
-    """Symmetric moments (x_hat = x) of every layer in ``layers`` (names; "all": every Conv2d
-    and Linear), from one pass of ``data`` through ``model`` (at most ``samples`` samples)."""
-    layers = _observable(check_model(model), layers)
-    parameter = next(model.parameters())
-    batches = data if isinstance(data, Batches) else Batches(data, samples, parameter.device, parameter.dtype)
-    sums = {name: _Folds() for name in layers}
-    samplers = {name: PatchSampler(name, geometry_of(model.get_submodule(name)), patches_per_image, seed)
-                for name in layers}
+SAMPLE_SIZE = 256  # samples of the observed inputs an Observation keeps (what TargetSpeedup's sensitivities run on)
 
-    def consumer(name: str):
+
+@dataclass
+class Observation(Mapping):
+    """Symmetric moments of some layers of one model, by layer name (a read-only mapping), with
+    what ``compress`` needs to fit and allocate from them without reading the data again: the
+    first batch seen (``example``), up to ``SAMPLE_SIZE`` samples of the inputs (``sample``), the
+    model's hash, the device it ran on, and the sampling settings."""
+
+    moments: dict[str, Moments]
+    model_sha256: str
+    device: torch.device
+    patches_per_image: int | None
+    seed: int
+    example: Batch | None = None
+    sample: Batch | None = None
+
+    def __getitem__(self, name: str) -> Moments:
+        return self.moments[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.moments)
+
+    def __len__(self) -> int:
+        return len(self.moments)
+
+    def check_for(self, model: nn.Module, layers: list[str], device: torch.device) -> None:
+        """Refuse (ConfigError) using this observation for ``layers`` of ``model`` on ``device``."""
+        if model_sha256(model) != self.model_sha256:
+            raise ConfigError("the observation was made on another model (its parameters differ): observe this model")
+        missing = [name for name in layers if name not in self.moments]
+        if missing:
+            raise ConfigError(f"the observation holds no statistics of layer(s) {', '.join(missing)} (it holds "
+                              f"{', '.join(self.moments) or 'none'}): observe them too, or select fewer layers")
+        if torch.device(device) != self.device:
+            raise ConfigError(f"the observation was made on {self.device} and compress works on {device}: observe on "
+                              f"that device or pass device={str(self.device)!r}")
+
+
+class _Observer:
+    """The hooks that sum every observed layer's input moments while the model runs, and the
+    samples of the model's inputs kept along."""
+
+    def __init__(self, model: nn.Module, layers: list[str], patches_per_image: int | None, seed: int) -> None:
+        self.model, self.layers, self.patches_per_image, self.seed = model, layers, patches_per_image, seed
+        self.sums = {name: _Folds() for name in layers}
+        self.samplers = {name: PatchSampler(name, geometry_of(model.get_submodule(name)), patches_per_image, seed)
+                         for name in layers}
+        self.example: Batch | None = None
+        self.kept: list[Batch] = []
+        self.hooks = [_InputHook(model.get_submodule(name), self._consumer(name)) for name in layers]
+
+    def _consumer(self, name: str) -> Callable[[torch.Tensor], None]:
         def consume(inputs: torch.Tensor) -> None:
-            sampler = samplers[name]
+            sampler = self.samplers[name]
             groups = sampler.geometry.groups
-            for total, (x,) in sums[name].split(inputs.shape[0], sampler.patches(inputs, sampler.draw(inputs))):
+            for total, (x,) in self.sums[name].split(inputs.shape[0], sampler.patches(inputs, sampler.draw(inputs))):
                 total.count += x.shape[0]
                 total.add("x", first_moments(x, groups))
                 total.add("xx", second_moments(x, groups))
         return consume
 
-    hooks = [_InputHook(model.get_submodule(name), consumer(name)) for name in layers]
+    def seen(self, batch: Batch) -> None:
+        """Keep the first batch and the first ``SAMPLE_SIZE`` samples of the model's inputs."""
+        self.example = batch if self.example is None else self.example
+        count = sum(size(kept) for kept in self.kept)
+        if count < SAMPLE_SIZE:
+            self.kept.append(take(batch, SAMPLE_SIZE - count))
+
+    def finish(self) -> Observation:
+        """The hooks removed and the sums as an ``Observation``."""
+        for hook in self.hooks:
+            hook.remove()
+        _check_seen(self.sums)
+        symmetric = lambda total: Moments.symmetric(total.count, total.mean("x"), total.mean("xx"))
+        parameter = next(self.model.parameters())
+        return Observation({name: folds.moments(symmetric) for name, folds in self.sums.items()},
+                           model_sha256(self.model), parameter.device, self.patches_per_image, self.seed,
+                           self.example, cat(self.kept) if self.kept else None)
+
+
+def observe(model: nn.Module, data: Batches | DataSource, layers: list[str] | str = "all",
+            patches_per_image: int | None = 32, seed: int = 0, progress: bool = True,
+            samples: int | None = None) -> Observation:
+    """Symmetric moments (x_hat = x) of every layer in ``layers`` (names; "all": every Conv2d
+    and Linear), from one pass of ``data`` through ``model`` (at most ``samples`` samples), as
+    an ``Observation`` (``observation[name]`` is a layer's ``Moments``; ``compress`` takes it in
+    place of the data)."""
+    layers = _observable(check_model(model), layers)
+    parameter = next(model.parameters())
+    batches = data if isinstance(data, Batches) else Batches(data, samples, parameter.device, parameter.dtype)
+    observer = _Observer(model, layers, patches_per_image, seed)
     model.eval()
     try:
         with torch.inference_mode():
             for index, inputs in _batches(batches, f"statistics of {len(layers)} layer(s)", progress):
+                observer.seen(inputs)
                 _forward(model, inputs, index)
-    finally:
-        for hook in hooks:
+    except BaseException:
+        for hook in observer.hooks:
             hook.remove()
-    _check_seen(sums)
-    symmetric = lambda total: Moments.symmetric(total.count, total.mean("x"), total.mean("xx"))
-    return {name: folds.moments(symmetric) for name, folds in sums.items()}
+        raise
+    return observer.finish()
+
+
+@contextmanager
+def observing(model: nn.Module, layers: list[str] | str = "all", patches_per_image: int | None = 32,
+              seed: int = 0) -> Iterator[Observation]:
+    """Gather the statistics of ``observe`` while the user's own code runs ``model`` (their
+    loop, device and batch format)::
+
+        with recon.observing(model, ["conv2", "conv3"]) as observation:
+            for batch in loader:
+                model(**batch)
+        result = recon.compress(model, observation, ranks=48)
+
+    The first call's arguments become the example input and the calls' inputs (up to
+    ``SAMPLE_SIZE`` samples) the sample sensitivities are measured on. The observation is
+    filled when the block ends; run the model under ``torch.no_grad()`` or in eval mode as
+    your inference does (the statistics are of what the layers receive)."""
+    layers = _observable(check_model(model), layers)
+    observer = _Observer(model, layers, patches_per_image, seed)
+    observation = Observation({}, "", next(model.parameters()).device, patches_per_image, seed)
+
+    def record_call(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        single = len(args) == 1 and not kwargs and isinstance(args[0], torch.Tensor)
+        batch = args[0] if single else Inputs(tuple(args), dict(kwargs))
+        observer.seen(batch.map(lambda t: t.detach()) if isinstance(batch, Inputs) else batch.detach())
+
+    call_hook = model.register_forward_pre_hook(record_call, with_kwargs=True)
+    try:
+        yield observation
+    except BaseException:
+        for hook in observer.hooks:
+            hook.remove()
+        raise
+    finally:
+        call_hook.remove()
+    finished = observer.finish()
+    for name in ("moments", "model_sha256", "device", "example", "sample"):
+        setattr(observation, name, getattr(finished, name))
 
 
 def _observable(model: nn.Module, layers: list[str] | str) -> list[str]:
