@@ -44,6 +44,7 @@ import torch
 from recon import methods
 from recon.errors import BasesFileError, ConfigError, ReconError
 from recon.io.atomic import exclusive, replace_atomically, resolve
+from recon.io.schema_v1 import v1_factors
 from recon.nn import ConvGeometry, Geometry, LinearGeometry, LowRankModule
 from recon.record import GuardDecision, LayerRecord
 from recon.version import __version__
@@ -363,7 +364,7 @@ def _read_layer_v1(name: str, group: h5py.Group, at: str) -> LayerRecord:
     datasets = {key: _values(dataset, key, at) for key, dataset in datasets.items()}
     bias = datasets.pop("bias", None)
     try:
-        factors, rank = method.v1_factors(datasets)
+        factors, rank = v1_factors(method.name, datasets)
     except (KeyError, IndexError) as err:
         raise attrs.fail(f"field {err.args[0]!r} is missing") from None
     if attrs.has("num_bases") and attrs.get("num_bases", int) != rank:

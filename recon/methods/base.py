@@ -121,7 +121,6 @@ class Method(ABC):
     module_class: ClassVar[type[LowRankModule]]
     fits_data: ClassVar[bool] = False
     exact_rank_errors: ClassVar[bool] = False  # rank_errors equal the errors of quick_fit, not a bound
-    v1_rank_key: ClassVar[str] = "vertical"
 
     def eligible(self, layer: nn.Module) -> str | None:
         """None when this method can replace ``layer``, else the reason it cannot; by default
@@ -189,11 +188,6 @@ class Method(ABC):
         for a grouped convolution), of its weights when None. None when the method has no cheap
         estimate."""
         return None
-
-    def v1_factors(self, datasets: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], Rank]:
-        """Factors (module names, any shape of the right size) and rank of a schema v1 layer,
-        whose datasets were named like the module's factors, rank leading in ``v1_rank_key``."""
-        return dict(datasets), int(datasets[self.v1_rank_key].shape[0])
 
     def build(self, geometry: Geometry, fitted: Fitted, bias: np.ndarray | None) -> LowRankModule:
         """The module holding ``fitted`` factors and ``bias`` (float32, on the CPU)."""

@@ -46,10 +46,6 @@ class CP(Method):
         """One ALS sweep from the SVD start."""
         return Fitted(self.module_factors(cp_factors(weights, rank, 1, 0)), rank, {})
 
-    def v1_factors(self, datasets: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], int]:
-        names = {"out": "out_factor", "in": "in_factor", "rows": "row_factor", "columns": "col_factor"}
-        return self.module_factors({key: datasets[name] for key, name in names.items()}), datasets["in_factor"].shape[1]
-
     @staticmethod
     def module_factors(f: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """CPConv's parameters from factor matrices out (N, R), in (C, R), rows (kh, R), columns (kw, R)."""

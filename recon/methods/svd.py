@@ -18,7 +18,6 @@ class SVD(Method):
     module_class = LowRankLinear
     fits_data = True
     exact_rank_errors = True
-    v1_rank_key = "first"
 
     def eligible(self, layer: nn.Module) -> str | None:
         if not isinstance(layer, nn.Linear):

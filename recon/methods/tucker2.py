@@ -72,10 +72,6 @@ class Tucker2(Method):
         (core, (out_factor, in_factor)), _ = partial_tucker(weights, rank=list(ranks), modes=[0, 1], init="svd")
         return Fitted(self.module_factors(core, out_factor, in_factor), ranks, {})
 
-    def v1_factors(self, datasets: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], tuple[int, int]]:
-        core = datasets["core"]
-        return self.module_factors(core, datasets["out_factor"], datasets["in_factor"]), tuple(core.shape[:2])
-
     @staticmethod
     def module_factors(core: np.ndarray, out_factor: np.ndarray, in_factor: np.ndarray) -> dict[str, np.ndarray]:
         """Tucker2Conv's parameters from the core (R_out, R_in, kh, kw) and the factors
