@@ -21,7 +21,6 @@ from benchmarks.common import machine, markdown_table, write_section
 from recon import compress, data, methods, zoo
 from recon.bench.timing import latencies_by_format
 from recon.errors import FitError
-from recon.methods import SolverOptions
 from recon.metrics import accuracy
 from recon.nn import ConvGeometry
 from recon.pipeline.finetune import finetune
@@ -43,9 +42,9 @@ def compress_all(model, label: str, factor: float, sizes, batches):
     method, mode = SETTINGS[label]
     ranks = {name: rank_for(method, getattr(model, name), sizes[name], factor) for name in LAYERS}
     ranks = {name: rank for name, rank in ranks.items() if rank is not None}
-    result = compress(model, None if mode == "filter" else batches, ranks=ranks, method=method, mode=mode,
-                      example_input=torch.zeros(1, 1, 28, 28), solver=SolverOptions(cp_iterations=CP_ITERATIONS),
-                      progress=False)
+    result = compress(model, None if mode == "filter" else batches, ranks=ranks, mode=mode,
+                      method=methods.with_settings(methods.resolve(method), {"cp": {"iterations": CP_ITERATIONS}}),
+                      example_input=torch.zeros(1, 1, 28, 28), progress=False)
     dense = {name: ConvGeometry.of(getattr(model, name)).dense_macs(sizes[name]) for name in LAYERS}
     dense["conv1"] = ConvGeometry.of(model.conv1).dense_macs((28, 28))
     total = sum(result.layers[name].macs if name in result.layers else dense[name] for name in dense)

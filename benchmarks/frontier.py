@@ -26,7 +26,6 @@ from benchmarks.common import machine, markdown_table, write_section
 from recon import TargetSpeedup, Timing, compress, data, methods, zoo
 from recon.bench.timing import median_latencies
 from recon.metrics import accuracy
-from recon.methods import SolverOptions
 from recon.pipeline.finetune import finetune
 
 CALIBRATION = {"samples": 5000, "epochs": 10}
@@ -85,9 +84,10 @@ def main(argv: list[str] | None = None) -> None:
         mode = "asymmetric" if fits_data and args.model == "fmnist-alexnet" else None
         for target in (float(t) for t in args.targets.split(",")):
             start = time.perf_counter()
-            result = compress(model, fit_data, layers="all", method=method, mode=mode, ranks=TargetSpeedup(target),
+            candidates = methods.with_settings(methods.resolve(method), {"cp": {"iterations": CP_ITERATIONS}})
+            result = compress(model, fit_data, layers="all", method=candidates, mode=mode, ranks=TargetSpeedup(target),
                               example_input=example, timing=Timing(batch=len(example), channels_last=True),
-                              progress=False, solver=SolverOptions(cp_iterations=CP_ITERATIONS))
+                              progress=False)
             fit_seconds = time.perf_counter() - start
             plain = accuracy(result.model, test)
             if not result.kept:  # nothing pays within the quality bounds: nothing to calibrate or tune

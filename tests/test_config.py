@@ -5,20 +5,24 @@ import pytest
 import torch
 
 import recon
+from recon import methods
 from recon.errors import ConfigError
 from recon.pipeline.config import CONFIG_VERSION
 from tests.fixture_models import tiny, tiny_batches
 
 
 def test_a_config_survives_its_dict_and_json():
-    config = recon.CompressConfig(method=["scheme2", "tucker2"], ranks=recon.TargetSpeedup(2.5, max_output_change=0.2),
+    config = recon.CompressConfig(method=[methods.Scheme2(lbfgs_iterations=50), "tucker2"],
+                                  ranks=recon.TargetSpeedup(2.5, max_output_change=0.2),
                                   mode="asymmetric", guard=True, samples=100, patches_per_image=None,
-                                  solver=recon.SolverOptions(lbfgs_iterations=50, ridge=(1e-3, 1e-2)),
+                                  solver=recon.SolverOptions(ridge=(1e-3, 1e-2)),
                                   timing=recon.Timing(16, True, repeats=7), fold_batchnorm=True)
     stored = json.loads(json.dumps(config.to_dict()))
     again = recon.CompressConfig.from_dict(stored)
     assert stored["version"] == CONFIG_VERSION and again.to_dict() == config.to_dict()
-    assert again.timing == recon.Timing(16, True, repeats=7) and again.method == ("scheme2", "tucker2")
+    assert again.timing == recon.Timing(16, True, repeats=7)
+    assert again.method == (methods.Scheme2(lbfgs_iterations=50), methods.get("tucker2"))
+    assert again.method[0] != methods.get("scheme2")  # the setting made it through
     assert isinstance(again.ranks, recon.TargetSpeedup) and again.ranks.max_output_change == 0.2
     assert again.solver == config.solver
 
@@ -110,3 +114,25 @@ def test_the_example_input_is_what_every_timing_runs_on(monkeypatch):
     assert seen == [(7, 3, 10, 10)]  # the layer inputs are captured once, for the policy and the guard
     assert "batch 7" in result.outcome.description
     assert all(record.input_shape is not None for record in result.layers.values())
+
+
+def test_method_settings_in_solver_options_still_work_and_move_onto_the_methods():
+    with pytest.warns(DeprecationWarning, match="SolverOptions\\(lbfgs_iterations=, cp_iterations="):
+        solver = recon.SolverOptions(lbfgs_iterations=30, cp_iterations=5, seed=3)
+    config = recon.CompressConfig(method=["scheme2", "cp"], solver=solver)
+    assert config.method == (methods.Scheme2(lbfgs_iterations=30), methods.CP(iterations=5, seed=3))
+    assert config.solver == recon.SolverOptions(seed=3)
+    stored = config.to_dict()
+    assert stored["method_settings"] == {"scheme2": {"lbfgs_iterations": 30}, "cp": {"iterations": 5, "seed": 3}}
+    assert recon.CompressConfig.from_dict(stored).method == config.method
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: methods.Scheme2(lbfgs_iterations=0), "lbfgs_iterations must be a whole number in 1"),
+    (lambda: methods.CP(seed=-1), "seed must be a whole number in 0"),
+    (lambda: methods.Scheme1(schedule=3), "schedule must be a solvers.schedule.LambdaSchedule"),
+    (lambda: methods.get("svd").replaced(rank=3), "method svd has no setting rank; its settings: none"),
+])
+def test_method_settings_are_checked_when_made(make, message):
+    with pytest.raises(ConfigError, match=message):
+        make()

@@ -73,7 +73,7 @@ def test_cp_of_planted_rank_is_exact():
     conv = nn.Conv2d(5, 8, 3, padding=1)
     with torch.no_grad():
         conv.weight.copy_(torch.as_tensor(np.einsum("nr,cr,yr,xr->ncyx", *factors)))
-    module = recon.decompose(conv, 3, "cp", solver=SolverOptions(cp_iterations=500))
+    module = recon.decompose(conv, 3, methods.CP(iterations=500))
     x = torch.randn(1, 5, 7, 7)
     torch.testing.assert_close(module(x), conv(x), atol=1e-3, rtol=1e-3)
 

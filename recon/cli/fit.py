@@ -27,6 +27,7 @@ from recon.errors import ConfigError
 from recon.io.bases_file import check_destination, update_bases
 from recon.io.hashing import model_sha256
 from recon.methods import SolverOptions
+from recon.methods.base import check_schedule
 from recon.metrics import accuracy
 from recon.bench.settings import Timing
 from recon.pipeline.compress import Compression, compress
@@ -38,7 +39,9 @@ from solvers.schedule import LambdaSchedule
 
 LOG = logging.getLogger("recon")
 DEFAULTS = CompressConfig()  # every default of a setting the CLI shares with recon.compress
-SCHEDULE, SOLVER, TIMING = DEFAULTS.solver.schedule, DEFAULTS.solver, DEFAULTS.timing
+SOLVER, TIMING = DEFAULTS.solver, DEFAULTS.timing
+SCHEME2, SCHEME1, CP = methods.Scheme2(), methods.Scheme1(), methods.CP()  # the methods' own defaults
+SCHEDULE = SCHEME1.schedule
 TARGET_MISSED = 3  # exit status when --target-speedup was not reached (the bases are saved all the same)
 CALIBRATION_MIN_SAMPLES = 2  # recon.pipeline.calibrate holds at least one out and trains on the rest
 
@@ -86,9 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--patches-per-image", type=common.nonnegative_int, default=DEFAULTS.patches_per_image,
                      help="patch locations sampled per sample for statistics (0: all)")
     how.add_argument("--seed", type=common.seed, default=SOLVER.seed, help="seed for patch sampling and CP (0..2**32-1)")
-    how.add_argument("--lbfgs-iterations", type=common.positive_int, default=SOLVER.lbfgs_iterations,
+    how.add_argument("--lbfgs-iterations", type=common.positive_int, default=SCHEME2.lbfgs_iterations,
                      help="scheme2 data mode: L-BFGS iterations")
-    how.add_argument("--cp-iterations", type=common.positive_int, default=SOLVER.cp_iterations, help="cp: ALS iterations")
+    how.add_argument("--cp-iterations", type=common.positive_int, default=CP.iterations, help="cp: ALS iterations")
     how.add_argument("--ridge", type=common.nonnegative_float, default=SOLVER.ridge,
                      help="data mode: weight of ||W_hat - W||^2 (times the mean input variance) added to the output "
                      "error, so input directions the data never varies in stay at the original weights; 0: none")
@@ -165,10 +168,16 @@ def _rank(text: str) -> Any:
 
 
 def _method(args: argparse.Namespace) -> methods.Candidates:
+    """The candidate methods, each with the settings of its own the options give."""
     if args.method == methods.AUTO and args.target_speedup is None:
         raise ConfigError(f"--method {methods.AUTO} chooses a method per layer by measured time: it needs "
                           "--target-speedup")
-    return methods.resolve(f"scheme{args.scheme}" if args.scheme else args.method)
+    schedule = LambdaSchedule(args.lambda_min, args.lambda_max, args.lambda_growth, args.stages, args.steps_per_stage,
+                              args.rank_tol, args.stage_tolerance)
+    check_schedule(schedule)  # whichever methods take it
+    settings = {"scheme2": {"lbfgs_iterations": args.lbfgs_iterations}, "scheme1": {"schedule": schedule},
+                "cp": {"iterations": args.cp_iterations, "seed": args.seed}}
+    return methods.with_settings(methods.resolve(f"scheme{args.scheme}" if args.scheme else args.method), settings)
 
 
 def _data(args: argparse.Namespace, bundled: bool, mode: str):
@@ -244,13 +253,11 @@ def fit(args: argparse.Namespace) -> int:
     method = _method(args)
     mode = "asymmetric" if args.asymmetric else args.mode or (
         "data" if (args.data is not None or bundled) and method.fits_data else "filter")
-    schedule = LambdaSchedule(args.lambda_min, args.lambda_max, args.lambda_growth, args.stages, args.steps_per_stage,
-                              args.rank_tol, args.stage_tolerance)
     config = CompressConfig(
         method=method, ranks=_policy(args), mode=mode, guard=args.guard, min_speedup=args.min_speedup,
         max_output_loss=args.max_output_loss, dense_when_lossy=args.dense_when_lossy, samples=args.samples,
         patches_per_image=args.patches_per_image or None,
-        solver=SolverOptions(args.lbfgs_iterations, schedule, args.cp_iterations, args.seed, args.ridge),
+        solver=SolverOptions(seed=args.seed, ridge=args.ridge),
         timing=Timing(args.guard_batch, args.channels_last, args.latency_backend))
     input_size = args.input_size or sources.input_size(args.model)
     data = _data(args, bundled, mode)

@@ -30,6 +30,29 @@ def resolve(spec: str | Method | Candidates | Sequence[str]) -> Candidates:
     return resolve_candidates(spec, REGISTRY)
 
 
+LEGACY_SETTINGS = {"lbfgs_iterations": ("scheme2", "lbfgs_iterations"), "schedule": ("scheme1", "schedule"),
+                   "cp_iterations": ("cp", "iterations")}  # SolverOptions field -> (method, its setting)
+
+
+def with_settings(candidates: Candidates, settings: dict[str, dict]) -> Candidates:
+    """``candidates`` with each method's settings changed as ``settings`` (method name -> its
+    settings) says; methods not named keep theirs."""
+    return Candidates(tuple(method.replaced(**settings[method.name]) if settings.get(method.name) else method
+                            for method in candidates.methods))
+
+
+def legacy_settings(values: dict) -> dict[str, dict]:
+    """Method settings (name -> settings) from the method fields of a ``SolverOptions`` or its
+    stored dict (``lbfgs_iterations``, ``schedule``, ``cp_iterations``)."""
+    settings: dict[str, dict] = {}
+    for field, (method, setting) in LEGACY_SETTINGS.items():
+        if values.get(field) is not None:
+            settings.setdefault(method, {})[setting] = values[field]
+    if "cp" in settings:  # CP was seeded with the sampling seed then
+        settings["cp"]["seed"] = values.get("seed", 0)
+    return settings
+
+
 def for_module(module_class: type) -> Method:
     """The method whose modules are of ``module_class``."""
     for method in REGISTRY.values():
@@ -38,4 +61,5 @@ def for_module(module_class: type) -> Method:
     raise ConfigError(f"no method builds {module_class.__name__} modules")
 
 
-__all__ = ["AUTO", "Candidates", "Fitted", "Method", "REGISTRY", "RIDGE_GRID", "SolverOptions", "for_module", "get", "resolve"]
+__all__ = ["AUTO", "CP", "Candidates", "Fitted", "Method", "REGISTRY", "RIDGE_GRID", "SVD", "Scheme1", "Scheme2",
+           "SolverOptions", "Tucker2", "for_module", "get", "legacy_settings", "resolve", "with_settings"]

@@ -10,6 +10,7 @@ to fit factors to a layer's weights (``fit``; to its input statistics too when
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Hashable
 from typing import Any, ClassVar, NamedTuple
@@ -37,17 +38,17 @@ class SolverOptions:
     held-out samples and keeps, per layer, the one whose fit loses least on the held-out ones.
     """
 
-    lbfgs_iterations: int = 200
-    schedule: LambdaSchedule = LambdaSchedule()
-    cp_iterations: int = 200
+    lbfgs_iterations: int | None = None
+    schedule: LambdaSchedule | None = None
+    cp_iterations: int | None = None
     seed: int = 0
     ridge: float | tuple[float, ...] = 1e-3
 
     def __post_init__(self) -> None:
         for name, low, bits in (("lbfgs_iterations", 1, 63), ("cp_iterations", 1, 63), ("seed", 0, SEED_BITS)):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not low <= value < 2 ** bits:
-                raise ConfigError(f"{name} must be a whole number in {low}..2**{bits}-1, got {value!r}")
+            if value is not None:
+                check_whole(name, value, low, bits)
         if isinstance(self.ridge, (list, tuple)):
             object.__setattr__(self, "ridge", tuple(self.ridge))
         for ridge in self.ridges:
@@ -56,15 +57,23 @@ class SolverOptions:
                 raise ConfigError(f"ridge must be a finite number >= 0 or a non-empty tuple of them, got {self.ridge!r}")
         if not self.ridges:
             raise ConfigError("ridge must be a finite number >= 0 or a non-empty tuple of them, got ()")
-        try:
-            self.schedule.validate()
-        except ValueError as err:
-            raise ConfigError(str(err)) from None
+        if self.schedule is not None:
+            check_schedule(self.schedule)
+        if self.method_settings():
+            warnings.warn(f"SolverOptions({', '.join(f'{k}=' for k in self.method_settings())}) is deprecated: each "
+                          "method carries its own options: Scheme2(lbfgs_iterations=...), Scheme1(schedule=...), "
+                          "CP(iterations=..., seed=...)", DeprecationWarning, stacklevel=3)
 
     @property
     def ridges(self) -> tuple[float, ...]:
         """The ridge values to try (one when ``ridge`` is a number)."""
         return self.ridge if isinstance(self.ridge, tuple) else (self.ridge,)
+
+    def method_settings(self) -> dict[str, Any]:
+        """The method options given here in the deprecated way (``lbfgs_iterations``,
+        ``schedule``, ``cp_iterations``), to be moved onto the methods."""
+        return {name: getattr(self, name) for name in ("lbfgs_iterations", "schedule", "cp_iterations")
+                if getattr(self, name) is not None}
 
     def with_ridge(self, ridge: float) -> "SolverOptions":
         """These options with one ``ridge``."""
@@ -72,8 +81,23 @@ class SolverOptions:
 
     def to_dict(self) -> dict[str, Any]:
         ridge = list(self.ridge) if isinstance(self.ridge, tuple) else self.ridge
-        return {"lbfgs_iterations": self.lbfgs_iterations, "schedule": self.schedule._asdict(),
-                "cp_iterations": self.cp_iterations, "seed": self.seed, "ridge": ridge}
+        return {"seed": self.seed, "ridge": ridge}
+
+
+def check_whole(name: str, value: Any, low: int, bits: int = 63) -> None:
+    """ConfigError unless ``value`` is a whole number in low..2**bits-1."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not low <= value < 2 ** bits:
+        raise ConfigError(f"{name} must be a whole number in {low}..2**{bits}-1, got {value!r}")
+
+
+def check_schedule(schedule: Any) -> None:
+    """ConfigError unless ``schedule`` is a valid ``LambdaSchedule``."""
+    if not isinstance(schedule, LambdaSchedule):
+        raise ConfigError(f"schedule must be a solvers.schedule.LambdaSchedule, got {type(schedule).__name__}")
+    try:
+        schedule.validate()
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
 
 
 RIDGE_GRID = (1e-3, 1e-2, 1e-1, 1.0)
@@ -114,7 +138,10 @@ def overridden_forward(layer: nn.Module, base: type[nn.Module]) -> str | None:
 
 
 class Method(ABC):
-    """One decomposition. Subclasses set the class attributes and implement the abstract methods."""
+    """One decomposition. Subclasses set the class attributes and implement the abstract methods;
+    a method with settings of its own (``Scheme2(lbfgs_iterations=...)``) takes them in its
+    constructor and lists them in ``settings``. Methods compare equal when of one kind with
+    equal settings."""
 
     name: ClassVar[str]
     summary: ClassVar[str]
@@ -196,8 +223,28 @@ class Method(ABC):
     def geometry(self, layer: nn.Module) -> Geometry:
         return geometry_of(layer)
 
+    def settings(self) -> dict[str, Any]:
+        """The method's own settings, JSON-ready (none by default)."""
+        return {}
+
+    def replaced(self, **settings: Any) -> "Method":
+        """This method with ``settings`` changed (checked); ConfigError naming any it does not have."""
+        unknown = sorted(set(settings) - set(self.settings()))
+        if unknown:
+            raise ConfigError(f"method {self.name} has no setting {', '.join(unknown)}; its settings: "
+                              f"{', '.join(self.settings()) or 'none'}")
+        current = {name: getattr(self, name) for name in self.settings()}
+        return type(self)(**{**current, **settings})
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and other.settings() == self.settings()
+
+    def __hash__(self) -> int:
+        return hash((type(self), repr(sorted(self.settings().items()))))
+
     def __repr__(self) -> str:
-        return f"<method {self.name}>"
+        changed = {k: v for k, v in self.settings().items() if type(self)().settings().get(k) != v}
+        return f"<method {self.name}{''.join(f' {k}={v}' for k, v in changed.items())}>"
 
 
 def conv_refusal(layer: nn.Module, grouped: bool = False, pointwise: bool = False) -> str | None:

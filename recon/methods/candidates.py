@@ -54,9 +54,10 @@ class Candidates:
         return self.methods[0].geometry(layer)
 
 
-def resolve_candidates(spec: str | Method | Candidates | Sequence[str], registry: dict[str, Method]) -> Candidates:
-    """The ``Candidates`` of a method name, "auto" (every method of ``registry``), a Method,
-    or a list of names (``Candidates`` pass through)."""
+def resolve_candidates(spec: str | Method | Candidates | Sequence[str | Method],
+                       registry: dict[str, Method]) -> Candidates:
+    """The ``Candidates`` of a method name, "auto" (every method of ``registry``), a Method
+    (with its own settings), or a list of names and Methods (``Candidates`` pass through)."""
     if isinstance(spec, Candidates):
         return spec
     if isinstance(spec, Method):
@@ -64,14 +65,17 @@ def resolve_candidates(spec: str | Method | Candidates | Sequence[str], registry
     if isinstance(spec, str):
         if spec == AUTO:
             return Candidates(tuple(registry.values()))
-        names = [spec]
-    elif isinstance(spec, Sequence) and spec and all(isinstance(name, str) for name in spec):
-        names = list(spec)
+        items = [spec]
+    elif isinstance(spec, Sequence) and spec and all(isinstance(item, (str, Method)) for item in spec):
+        items = list(spec)
     else:
-        raise ConfigError(f"method must be a method name, {AUTO!r} or a list of method names; got {spec!r}")
-    unknown = [name for name in names if name not in registry]
+        raise ConfigError(f"method must be a method name, {AUTO!r}, a method such as recon.methods.Scheme2(...) or a "
+                          f"list of them; got {spec!r}")
+    unknown = [item for item in items if isinstance(item, str) and item not in registry]
     if unknown:
         raise ConfigError(f"unknown method {unknown[0]!r}; available: {', '.join(registry)}, or {AUTO!r} for all")
+    chosen = [registry[item] if isinstance(item, str) else item for item in items]
+    names = [method.name for method in chosen]
     if len(set(names)) != len(names):
         raise ConfigError(f"method names must not repeat, got {names!r}")
-    return Candidates(tuple(registry[name] for name in names))
+    return Candidates(tuple(chosen))

@@ -1,10 +1,12 @@
 """CP decomposition of a conv (Lebedev et al. 2015), fitted to the weights by tensorly's ALS."""
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from recon.errors import FitError
-from recon.methods.base import Fitted, Method, SolverOptions
+from recon.methods.base import SEED_BITS, Fitted, Method, SolverOptions, check_whole
 from recon.nn import ConvGeometry, CPConv
 from solvers.objectives import Moments
 
@@ -29,6 +31,15 @@ class CP(Method):
     summary = "CP (Lebedev et al. 2015): pointwise, depthwise vertical, depthwise horizontal, pointwise; filter mode"
     module_class = CPConv
 
+    def __init__(self, iterations: int = 200, seed: int = 0) -> None:
+        check_whole("iterations", iterations, 1)
+        check_whole("seed", seed, 0, SEED_BITS)
+        self.iterations, self.seed = int(iterations), int(seed)
+
+    def settings(self) -> dict[str, Any]:
+        """``iterations`` of ALS and the ``seed`` of its initialisation."""
+        return {"iterations": self.iterations, "seed": self.seed}
+
     def max_rank(self, geometry: ConvGeometry) -> int:
         """A rank that reproduces any weight tensor: the product of all dimensions but the largest."""
         dims = sorted(geometry.weight_shape)
@@ -39,7 +50,7 @@ class CP(Method):
 
     def fit(self, weights: np.ndarray, rank: int, moments: Moments | None, options: SolverOptions,
             groups: int = 1) -> Fitted:
-        f = cp_factors(weights, rank, options.cp_iterations, options.seed)
+        f = cp_factors(weights, rank, self.iterations, self.seed)
         return Fitted(self.module_factors(f), rank, {})
 
     def quick_fit(self, weights: np.ndarray, rank: int, groups: int = 1) -> Fitted:

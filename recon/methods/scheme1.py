@@ -3,12 +3,15 @@ separable bases, fitted by proximal gradient with a nuclear-norm lambda schedule
 (``solvers.scheme1``), to the weights or to the layer's outputs."""
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
-from recon.methods.base import Fitted, Method, SolverOptions
+from recon.methods.base import Fitted, Method, SolverOptions, check_schedule
 from recon.nn import ConvGeometry, Scheme1Conv
 from solvers import scheme1
 from solvers.objectives import Moments, data_objective, filter_objective, stack_quadratics
+from solvers.schedule import LambdaSchedule
 
 
 class Scheme1(Method):
@@ -16,6 +19,19 @@ class Scheme1(Method):
     summary = "Jaderberg Scheme 1: M shared separable bases and a 1x1 mix; filter or data mode"
     module_class = Scheme1Conv
     fits_data = True
+
+    def __init__(self, schedule: LambdaSchedule = LambdaSchedule()) -> None:
+        check_schedule(schedule)
+        self.schedule = schedule
+
+    def settings(self) -> dict[str, Any]:
+        """``schedule``: the lambda schedule of the proximal-gradient solver (relative units)."""
+        return {"schedule": self.schedule._asdict()}
+
+    def replaced(self, **settings: Any) -> Method:
+        if isinstance(settings.get("schedule"), dict):  # as settings() and a stored config give it
+            settings["schedule"] = LambdaSchedule(**settings["schedule"])
+        return super().replaced(**settings)
 
     def max_rank(self, geometry: ConvGeometry) -> int:
         return scheme1.max_bases(geometry.weight_shape)
@@ -42,7 +58,7 @@ class Scheme1(Method):
         weights = np.stack([np.pad(w, ((0, 0), (0, channels - w.shape[1]), (0, 0), (0, 0))) for w, _ in problems])
         quads = stack_quadratics([filter_objective(w) if m is None else data_objective(w, m, options.ridge)
                                   for w, (_, m) in zip(weights, problems)])
-        result = scheme1.fit_batch(weights.astype(np.float32), quads, rank, options.schedule)
+        result = scheme1.fit_batch(weights.astype(np.float32), quads, rank, self.schedule)
         fitted = []
         for index in range(len(problems)):
             ran = [s for s in result.stages if s.steps[index] > 0]
@@ -56,9 +72,10 @@ class Scheme1(Method):
 
     def quick_fit(self, weights: np.ndarray, rank: int, groups: int = 1) -> Fitted:
         """The lambda = 0 start without the schedule: the top M right singular vectors of W as
-        (N*C) x (kh*kw), each cut to its best separable filter, coefficients by projection."""
+        (N*C) x (kh*kw), each cut to its best separable filter, coefficients by projection (with
+        fewer than M rows, N*C < M, the complement of the row space completes the M)."""
         n, c, kh, kw = weights.shape
-        _, _, vt = np.linalg.svd(weights.reshape(n * c, kh * kw), full_matrices=False)
+        _, _, vt = np.linalg.svd(weights.reshape(n * c, kh * kw), full_matrices=True)
         u, s, wt = np.linalg.svd(vt[:rank].reshape(rank, kh, kw))
         vertical, horizontal = u[:, :, 0] * np.sqrt(s[:, :1]), wt[:, 0, :] * np.sqrt(s[:, :1])
         bases = np.einsum("my,mx->myx", vertical, horizontal).reshape(rank, -1)

@@ -5,10 +5,12 @@ the exact reduced-rank regression for 1x1 kernels. A grouped convolution (depthw
 included) gets K per group, the G groups solved as one batch."""
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from torch import nn
 
-from recon.methods.base import Fitted, Method, SolverOptions, conv_refusal
+from recon.methods.base import Fitted, Method, SolverOptions, check_whole, conv_refusal
 from recon.nn import ConvGeometry, Scheme2Conv
 from solvers import scheme2
 from solvers.objectives import Moments, data_objective, stack_quadratics
@@ -26,6 +28,14 @@ class Scheme2(Method):
     module_class = Scheme2Conv
     fits_data = True
     exact_rank_errors = True
+
+    def __init__(self, lbfgs_iterations: int = 200) -> None:
+        check_whole("lbfgs_iterations", lbfgs_iterations, 1)
+        self.lbfgs_iterations = int(lbfgs_iterations)
+
+    def settings(self) -> dict[str, Any]:
+        """``lbfgs_iterations``: L-BFGS iterations of the data-mode fit."""
+        return {"lbfgs_iterations": self.lbfgs_iterations}
 
     def eligible(self, layer: nn.Module) -> str | None:
         return conv_refusal(layer, grouped=True, pointwise=True)
@@ -52,7 +62,7 @@ class Scheme2(Method):
         if problems[0][1] is not None:
             quads = stack_quadratics([data_objective(group, moments.group(g), options.ridge)
                                       for w, moments in problems for g, group in enumerate(split_groups(w, groups))])
-        result = scheme2.fit_batch(weights.astype(np.float32), rank, quads, options.lbfgs_iterations)
+        result = scheme2.fit_batch(weights.astype(np.float32), rank, quads, self.lbfgs_iterations)
         n, c, kh, kw = problems[0][0].shape
         vertical = result.vertical.reshape(len(problems), groups * rank, c, kh)
         horizontal = result.horizontal.reshape(len(problems), n, rank, kw)

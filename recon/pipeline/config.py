@@ -22,7 +22,6 @@ from recon.methods import Candidates, Method, SolverOptions
 from recon.pipeline.policies import Fixed, RankPolicy
 from recon.pipeline.report import MAX_OUTPUT_LOSS
 from recon.pipeline.target_speedup import TargetSpeedup
-from solvers.schedule import LambdaSchedule
 
 CONFIG_VERSION = 2  # 2: mode "asymmetric", a "timing" dict; 1 (no "version"): asymmetric, channels_last, timing_batch
 MODES = ("filter", "data", "asymmetric")
@@ -58,6 +57,9 @@ class CompressConfig:
 
     def __post_init__(self) -> None:
         candidates = methods.resolve(self.method)
+        if isinstance(self.solver, SolverOptions) and self.solver.method_settings():  # the deprecated way
+            candidates = methods.with_settings(candidates, methods.legacy_settings(vars(self.solver)))
+            object.__setattr__(self, "solver", SolverOptions(seed=self.solver.seed, ridge=self.solver.ridge))
         object.__setattr__(self, "method", _method_spec(self.method, candidates))
         object.__setattr__(self, "ranks", _as_policy(self.ranks))
         if self.mode is not None and self.mode not in MODES:
@@ -97,6 +99,7 @@ class CompressConfig:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict of every setting, with the schema version."""
         return {"version": CONFIG_VERSION, "method": self.candidates.name,
+                "method_settings": {m.name: m.settings() for m in self.candidates.methods if m.settings()},
                 "ranks": None if self.ranks is None else self.ranks.describe(), "mode": self.mode,
                 "guard": self.guard, "min_speedup": self.min_speedup, "max_output_loss": self.max_output_loss,
                 "dense_when_lossy": self.dense_when_lossy, "fold_batchnorm": self.fold_batchnorm,
@@ -118,7 +121,8 @@ class CompressConfig:
                               "upgrade recon to replay it")
         values = _from_version_1(values) if version == 1 else values
         try:
-            settings = {"method": _method_from_name(values["method"]), "mode": values["mode"],
+            method_settings = {**methods.legacy_settings(values["solver"]), **values.get("method_settings", {})}
+            settings = {"method": _method_from_name(values["method"], method_settings), "mode": values["mode"],
                         "guard": values["guard"], "min_speedup": values["min_speedup"],
                         "max_output_loss": values["max_output_loss"], "dense_when_lossy": values["dense_when_lossy"],
                         "fold_batchnorm": values.get("fold_batchnorm", False), "samples": values["samples"],
@@ -154,22 +158,27 @@ class CompressConfig:
         return cls.from_dict(next(iter(configs.values())), **changes)
 
 
-def _method_spec(spec: Any, candidates: Candidates) -> str | tuple[str, ...]:
-    """A method setting as names: one name, "auto", or a tuple of names."""
-    if isinstance(spec, str):
-        return spec
-    if isinstance(spec, (Method, Candidates)):
+def _method_spec(spec: Any, candidates: Candidates) -> str | Method | tuple[str | Method, ...]:
+    """A method setting as plain as it can be: a name or "auto" when every candidate has the
+    registry's settings, else the methods themselves (one, or a tuple)."""
+    if all(method == methods.get(method.name) for method in candidates.methods):
+        if isinstance(spec, str):
+            return spec
         names = tuple(m.name for m in candidates.methods)
         return names[0] if len(names) == 1 else names
-    return tuple(spec)
+    chosen = candidates.methods
+    return chosen[0] if len(chosen) == 1 else chosen
 
 
-def _method_from_name(name: Any) -> str | tuple[str, ...]:
-    """The method setting of a stored name: "scheme2", or "auto(scheme2,cp)" -> its names."""
+def _method_from_name(name: Any, settings: dict[str, dict]) -> str | Method | tuple[str | Method, ...]:
+    """The method setting of a stored name ("scheme2", or "auto(scheme2,cp)" for several) and
+    the stored settings of its methods."""
     if not isinstance(name, str):
         raise ConfigError(f"the config's method must be a name, got {name!r}")
     several = re.fullmatch(rf"{methods.AUTO}\((.*)\)", name)
-    return tuple(several.group(1).split(",")) if several else name
+    names = several.group(1).split(",") if several else [name]
+    chosen = methods.with_settings(methods.resolve(names), settings).methods
+    return _method_spec(name if len(names) == 1 else tuple(names), Candidates(chosen))
 
 
 def _as_policy(ranks: Any) -> RankPolicy | None:
@@ -185,8 +194,10 @@ def _as_policy(ranks: Any) -> RankPolicy | None:
     raise ConfigError(f"ranks must be an int, a dict, or a rank policy, got {type(ranks).__name__}")
 
 
-def _policy_from_dict(description: Any) -> RankPolicy:
-    """The rank policy a ``describe()`` dict stands for."""
+def _policy_from_dict(description: Any) -> RankPolicy | None:
+    """The rank policy a ``describe()`` dict stands for (None for none)."""
+    if description is None:
+        return None
     kind = description.get("policy") if isinstance(description, dict) else None
     if kind == "fixed":
         ranks = {name: tuple(r) if isinstance(r, list) else r for name, r in description["ranks"].items()}
@@ -202,9 +213,10 @@ def _policy_from_dict(description: Any) -> RankPolicy:
 
 
 def _solver_from_dict(values: dict[str, Any]) -> SolverOptions:
+    """The shared solver settings of a stored dict (its method fields, from earlier versions,
+    go to the methods: ``methods.legacy_settings``)."""
     ridge = values["ridge"]
-    return SolverOptions(values["lbfgs_iterations"], LambdaSchedule(**values["schedule"]), values["cp_iterations"],
-                         values["seed"], tuple(ridge) if isinstance(ridge, list) else ridge)
+    return SolverOptions(seed=values["seed"], ridge=tuple(ridge) if isinstance(ridge, list) else ridge)
 
 
 def _from_version_1(values: dict[str, Any]) -> dict[str, Any]:

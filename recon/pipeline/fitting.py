@@ -215,6 +215,8 @@ def decompose(layer: nn.Module, rank: Any, method: str | Method = "scheme2", mom
     """The low-rank module of one ``nn.Conv2d`` / ``nn.Linear``, e.g. ``decompose(conv, 8)``:
     fitted to its weights, or to its outputs given input ``moments`` (``recon.observe``)."""
     method = methods.get(method) if isinstance(method, str) else method
+    if solver.method_settings():  # the deprecated SolverOptions(lbfgs_iterations=...) and kin
+        method = methods.with_settings(methods.resolve(method), methods.legacy_settings(vars(solver))).methods[0]
     if moments is not None and not isinstance(moments, Moments):
         raise ConfigError(f"moments must be one layer's recon.observe(model, data)[name] (a Moments), got "
                           f"{type(moments).__name__}")
