@@ -80,6 +80,14 @@ def run(model: nn.Module, batch: Batch) -> Any:
     return model(*batch.args, **kwargs)
 
 
+def of_call(args: tuple, kwargs: dict) -> Batch:
+    """The batch a call ``model(*args, **kwargs)`` was given (detached): the tensor of a call
+    with one tensor, else ``Inputs``."""
+    if len(args) == 1 and not kwargs and isinstance(args[0], torch.Tensor):
+        return args[0].detach()
+    return Inputs(tuple(args), dict(kwargs)).map(lambda t: t.detach())
+
+
 def size(batch: Batch) -> int:
     """The number of samples in a batch."""
     return len(batch) if isinstance(batch, torch.Tensor) else len(batch.tensors()[0])

@@ -81,3 +81,25 @@ def _changed():
     with torch.no_grad():
         other.features[0].weight.add_(1.0)
     return other
+
+
+def test_a_forward_loop_stands_in_for_the_data_in_asymmetric_mode():
+    """The user's loop (their batch format: dicts moved by their own code) feeds asymmetric
+    fitting; the result equals asymmetric fitting on the same batches given as data."""
+    model = tiny()
+
+    def loop(net):
+        for batch in tiny_batches():
+            net(batch.clone())
+
+    from_loop = recon.compress(model, forward_loop=loop, ranks=2, mode="asymmetric", patches_per_image=None,
+                               progress=False)
+    from_data = recon.compress(model, tiny_batches, ranks=2, mode="asymmetric", patches_per_image=None,
+                               progress=False)
+    for name, state in _factors(from_data).items():
+        for key, value in state.items():
+            torch.testing.assert_close(_factors(from_loop)[name][key], value)
+    with pytest.raises(ConfigError, match="give data \\(or an observation\\) or forward_loop, not both"):
+        recon.compress(model, tiny_batches, forward_loop=loop, ranks=2, progress=False)
+    with pytest.raises(recon.DataError, match="forward_loop never called the model"):
+        recon.compress(model, forward_loop=lambda net: None, ranks=2, mode="asymmetric", progress=False)

@@ -44,7 +44,7 @@ from recon.pipeline.blocks import BlockReport, BlockResult, reconstruct_blocks
 from recon.pipeline.calibrate import CalibrationReport, calibrate
 from recon.pipeline.config import CompressConfig
 from recon.pipeline.fitting import fit_layer, fit_layers, to_numpy
-from recon.pipeline.observe import Observation, observe
+from recon.pipeline.observe import Observation, observe, recorded_batches
 from recon.pipeline.policies import Choice, Fixed, Outcome, RankPolicy, RankProblem
 from recon.pipeline.report import table
 from recon.pipeline.save import write_records
@@ -219,7 +219,8 @@ def _layer_inputs(model: nn.Module, layers: list[str], example: Batch | None, so
 def compress(model: nn.Module, data: DataSource | None = None, config: CompressConfig | None = None, *,
              layers: LayerSpec | None = None, example_input: Any = None, device: str | torch.device | None = None,
              model_name: str | None = None, progress: bool = True,
-             on_layers: Callable[[list[LayerRecord]], None] | None = None, **settings: Any) -> Compression:
+             on_layers: Callable[[list[LayerRecord]], None] | None = None,
+             forward_loop: Callable[[nn.Module], Any] | None = None, **settings: Any) -> Compression:
     """Replace layers of ``model`` by low-rank modules; ``model`` itself is not changed.
 
     Args:
@@ -245,6 +246,9 @@ def compress(model: nn.Module, data: DataSource | None = None, config: CompressC
       on_layers: called with the records of kept layers as soon as they are final (e.g. to save):
         each layer at once when fitted one by one (asymmetric mode), all together after a
         batched fit.
+      forward_loop: instead of ``data``, a function that runs the model it is given over the
+        data as the user's own code does (their device, batch format); the batches it calls
+        the model with are recorded once and serve as the data (asymmetric mode included).
 
     The settings (``CompressConfig``): ``method`` (a registered method, "auto" or a list of
     names for ``TargetSpeedup`` to choose among per layer), ``ranks`` (an int, a dict, or a
@@ -261,7 +265,10 @@ def compress(model: nn.Module, data: DataSource | None = None, config: CompressC
     check_model(model)
     config, example_input = _settled(config, settings, example_input)
     example_input = None if example_input is None else check_example(example_input, "example_input")
-    plan = _plan(model, data, layers, config, example_input, device, on_layers)
+    if forward_loop is not None and data is not None:
+        raise ConfigError("give data (or an observation) or forward_loop, not both")
+    plan = _plan(model, data if forward_loop is None else forward_loop, layers, config, example_input, device,
+                 on_layers)
     home = next(model.parameters()).device
     observation = data if isinstance(data, Observation) else None
     if observation is not None:  # its statistics, example and sample stand in for the data
@@ -270,6 +277,7 @@ def compress(model: nn.Module, data: DataSource | None = None, config: CompressC
     config = plan.config
     solver, asymmetric = config.solver, plan.mode == "asymmetric"
     work = copied(model).to(device or home).eval()
+    data = data if forward_loop is None else recorded_batches(work, forward_loop)
     folded = _fold(work, plan.layers) if config.fold_batchnorm else {}
     batches = None if data is None or observation is not None else Batches(
         data, config.samples, next(work.parameters()).device, next(work.parameters()).dtype)

@@ -28,7 +28,7 @@ from torch import nn
 from tqdm import tqdm
 
 from recon.errors import ConfigError, DataError, LayerError
-from recon.inputs import Batch, Inputs, cat, describe, run, size, take
+from recon.inputs import Batch, cat, describe, of_call, run, size, take
 from recon.io.hashing import model_sha256
 from recon.model_checks import check_model
 from recon.nn import ConvGeometry, Geometry, geometry_of
@@ -317,12 +317,8 @@ def observing(model: nn.Module, layers: list[str] | str = "all", patches_per_ima
     observer = _Observer(model, layers, patches_per_image, seed)
     observation = Observation({}, "", next(model.parameters()).device, patches_per_image, seed)
 
-    def record_call(module: nn.Module, args: tuple, kwargs: dict) -> None:
-        single = len(args) == 1 and not kwargs and isinstance(args[0], torch.Tensor)
-        batch = args[0] if single else Inputs(tuple(args), dict(kwargs))
-        observer.seen(batch.map(lambda t: t.detach()) if isinstance(batch, Inputs) else batch.detach())
-
-    call_hook = model.register_forward_pre_hook(record_call, with_kwargs=True)
+    call_hook = model.register_forward_pre_hook(lambda _, args, kwargs: observer.seen(of_call(args, kwargs)),
+                                                with_kwargs=True)
     try:
         yield observation
     except BaseException:
@@ -334,6 +330,27 @@ def observing(model: nn.Module, layers: list[str] | str = "all", patches_per_ima
     finished = observer.finish()
     for name in ("moments", "model_sha256", "device", "example", "sample"):
         setattr(observation, name, getattr(finished, name))
+
+
+def recorded_batches(model: nn.Module, forward_loop: Callable[[nn.Module], Any]) -> list[Batch]:
+    """The batches ``forward_loop(model)`` (the user's own loop over their data) calls ``model``
+    with, kept so that recon can run them through the model again (asymmetric mode)."""
+    if not callable(forward_loop):
+        raise ConfigError(f"forward_loop must be a function that runs the model over the data, got "
+                          f"{type(forward_loop).__name__}")
+    calls: list[Batch] = []
+    hook = model.register_forward_pre_hook(lambda _, args, kwargs: calls.append(of_call(args, kwargs)),
+                                           with_kwargs=True)
+    try:
+        with torch.inference_mode():
+            forward_loop(model)
+    except Exception as err:  # the user's loop can fail in any way; say where
+        raise DataError(f"forward_loop failed: {type(err).__name__}: {err}") from err
+    finally:
+        hook.remove()
+    if not calls:
+        raise DataError("forward_loop never called the model: it must run the model over the data")
+    return calls
 
 
 def _observable(model: nn.Module, layers: list[str] | str) -> list[str]:
