@@ -2,7 +2,7 @@
 its section of RESULTS.md."""
 from __future__ import annotations
 
-from benchmarks import (accuracy, accuracy_vs_speedup, degenerate, forward_variants, frontier, guard,
+from benchmarks import (accuracy, accuracy_vs_speedup, busy_machine, degenerate, forward_variants, frontier, guard,
                         inference_speed, residual_time, resnet20, resnet20_frontier, resnet56_fit, resnet56_target,
                         ridge_choice,
                         solver_devices, solver_vs_cvxpy, statistics, target_speedup)
@@ -17,6 +17,7 @@ def main() -> None:
     target_speedup.main([])
     target_speedup.main(["--model", "fmnist-resnet", "--target", "2", "--layouts", "channels_last"])
     target_speedup.main(["--layouts", "onnxruntime"])
+    busy_machine.main([])
     guard.main([])
     accuracy_vs_speedup.main([])
     frontier.main([])
