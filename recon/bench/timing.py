@@ -90,9 +90,16 @@ class Spread:
 
     @property
     def middle(self) -> tuple[float, ...]:
-        """The rounds without the quarter at either end (all of them below four rounds): one
-        round disturbed by another process does not decide."""
+        """The rounds that decide, in order: all of them below four rounds; from four to seven
+        all but the one farthest from the median (one round disturbed by another process does
+        not decide, two do); from eight on, all but the quarter at either end."""
         ordered = sorted(self.rounds)
+        if len(ordered) < 4:
+            return tuple(ordered)
+        if len(ordered) < 8:
+            median = statistics.median(ordered)
+            farthest = max(range(len(ordered)), key=lambda i: abs(ordered[i] - median))
+            return tuple(ordered[:farthest] + ordered[farthest + 1:])
         cut = len(ordered) // 4
         return tuple(ordered[cut:len(ordered) - cut])
 
