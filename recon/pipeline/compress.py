@@ -44,7 +44,7 @@ from recon.pipeline.blocks import BlockReport, BlockResult, reconstruct_blocks
 from recon.pipeline.calibrate import CalibrationReport, calibrate
 from recon.pipeline.config import CompressConfig
 from recon.pipeline.fitting import fit_layer, fit_layers, to_numpy
-from recon.pipeline.observe import Observation, observe, recorded_batches
+from recon.pipeline.observe import SAMPLE_SIZE, Observation, gather, recorded_batches
 from recon.pipeline.policies import Choice, Fixed, Outcome, RankPolicy, RankProblem
 from recon.pipeline.report import table
 from recon.pipeline.save import write_records
@@ -54,7 +54,6 @@ from recon.record import LayerRecord, current_record, retrained_records
 from recon.surgery import replace_layer
 
 LOG = logging.getLogger("recon")
-SENSITIVITY_SAMPLES = 256  # samples (from the first batches) that layer sensitivities are measured on
 FEW_PATCHES_PER_DIM = 10  # fewer patches per input dimension than this: statistics too thin to trust
 REVISIONS = 2  # at most this many times the policy revises its allocation after measuring the fitted model
 
@@ -267,13 +266,11 @@ def compress(model: nn.Module, data: DataSource | None = None, config: CompressC
     example_input = None if example_input is None else check_example(example_input, "example_input")
     if forward_loop is not None and data is not None:
         raise ConfigError("give data (or an observation) or forward_loop, not both")
+    model_hash = model_sha256(model)
     plan = _plan(model, data if forward_loop is None else forward_loop, layers, config, example_input, device,
-                 on_layers)
+                 on_layers, model_hash)
     home = next(model.parameters()).device
-    observation = data if isinstance(data, Observation) else None
-    if observation is not None:  # its statistics, example and sample stand in for the data
-        observation.check_for(model, plan.layers, torch.device(device or home))
-        plan.config = plan.config.replace(patches_per_image=observation.patches_per_image)
+    observation = data if isinstance(data, Observation) else None  # its statistics, example and sample stand in
     config = plan.config
     solver, asymmetric = config.solver, plan.mode == "asymmetric"
     work = copied(model).to(device or home).eval()
@@ -285,11 +282,11 @@ def compress(model: nn.Module, data: DataSource | None = None, config: CompressC
     timed = config.guard or plan.policy.measures_speed
     inputs = _layer_inputs(work, plan.layers, example, source, whole_batch=timed)
     shapes = None if inputs is None else {name: tuple(x.shape[1:]) for name, x in inputs.items()}
+    if observation is None and (plan.mode == "data" or (asymmetric and plan.policy.uses_statistics)):
+        observation = gather(work, batches, plan.layers, config.patches_per_image, solver.seed, progress, model_hash)
     symmetric = None
-    if observation is not None and plan.mode == "data":
+    if observation is not None and (plan.mode == "data" or asymmetric):
         symmetric = {name: observation[name] for name in plan.layers}
-    elif plan.mode == "data" or (asymmetric and plan.policy.uses_statistics):
-        symmetric = observe(work, batches, plan.layers, config.patches_per_image, solver.seed, progress)
     sample = observation.sample if observation is not None else None if batches is None else _sensitivity_sample(
         batches)
 
@@ -374,7 +371,7 @@ def compress(model: nn.Module, data: DataSource | None = None, config: CompressC
     for record in records.values():
         record.module = record.module.to(home)
     return Compression(approx, records, refusals(model, plan.method), config, model_name or type(model).__name__,
-                       model_sha256(model), outcome, [name for name in plan.layers if name not in chosen], folded,
+                       model_hash, outcome, [name for name in plan.layers if name not in chosen], folded,
                        work.to(home))
 
 
@@ -489,8 +486,8 @@ def _settled(config: CompressConfig | None, settings: dict[str, Any],
     return config, example_input
 
 
-def _plan(model: nn.Module, data: DataSource | None, layers: LayerSpec | None, config: CompressConfig,
-          example_input: Any, device: Any, on_layers: Any) -> _Plan:
+def _plan(model: nn.Module, data: DataSource | Observation | None, layers: LayerSpec | None, config: CompressConfig,
+          example_input: Any, device: Any, on_layers: Any, model_hash: str) -> _Plan:
     """Every argument checked, the layers selected and the ranks validated: before any work."""
     method = config.candidates
     mode = _resolve_mode(config.mode, data, method)
@@ -518,6 +515,9 @@ def _plan(model: nn.Module, data: DataSource | None, layers: LayerSpec | None, c
     if config.guard and config.timing.backend != "torch":
         raise ConfigError(f"the guard times layers with torch, not {config.timing.backend}: drop guard=True (the "
                           "rank policy's latency tables keep the layers that do not pay dense) or the backend")
+    if isinstance(data, Observation):  # the statistics were sampled as the observation says
+        data.check_for(model_hash, names, torch.device(device or next(model.parameters()).device))
+        config = config.replace(patches_per_image=data.patches_per_image)
     return _Plan(method, mode, policy, names, config.replace(mode=mode))
 
 
@@ -541,12 +541,13 @@ def _timing_example(example_input: Any, batches: Batches | None, observation: Ob
 
 
 def _sensitivity_sample(batches: Batches) -> Batch:
-    """Up to ``SENSITIVITY_SAMPLES`` samples from the first batches (one batch of one sample has
-    no variation to measure a sensitivity on)."""
+    """Up to ``SAMPLE_SIZE`` samples from the first batches, as an observation keeps them, when
+    no statistics were gathered (one batch of one sample has no variation to measure a
+    sensitivity on)."""
     taken, count = [], 0
     for inputs in batches:
-        taken.append(take(inputs, SENSITIVITY_SAMPLES - count))
+        taken.append(take(inputs, SAMPLE_SIZE - count))
         count += size(taken[-1])
-        if count >= SENSITIVITY_SAMPLES:
+        if count >= SAMPLE_SIZE:
             break
     return cat(taken)

@@ -219,9 +219,10 @@ class Observation(Mapping):
     def __len__(self) -> int:
         return len(self.moments)
 
-    def check_for(self, model: nn.Module, layers: list[str], device: torch.device) -> None:
-        """Refuse (ConfigError) using this observation for ``layers`` of ``model`` on ``device``."""
-        if model_sha256(model) != self.model_sha256:
+    def check_for(self, model_hash: str, layers: list[str], device: torch.device) -> None:
+        """Refuse (ConfigError) using this observation for ``layers`` of the model whose
+        ``model_sha256`` is ``model_hash``, on ``device``."""
+        if model_hash != self.model_sha256:
             raise ConfigError("the observation was made on another model (its parameters differ): observe this model")
         missing = [name for name in layers if name not in self.moments]
         if missing:
@@ -262,15 +263,15 @@ class _Observer:
         if count < SAMPLE_SIZE:
             self.kept.append(take(batch, SAMPLE_SIZE - count))
 
-    def finish(self) -> Observation:
-        """The hooks removed and the sums as an ``Observation``."""
+    def finish(self, model_hash: str) -> Observation:
+        """The hooks removed and the sums as an ``Observation`` of the model whose hash is ``model_hash``."""
         for hook in self.hooks:
             hook.remove()
         _check_seen(self.sums)
         symmetric = lambda total: Moments.symmetric(total.count, total.mean("x"), total.mean("xx"))
         parameter = next(self.model.parameters())
         return Observation({name: folds.moments(symmetric) for name, folds in self.sums.items()},
-                           model_sha256(self.model), parameter.device, self.patches_per_image, self.seed,
+                           model_hash, parameter.device, self.patches_per_image, self.seed,
                            self.example, cat(self.kept) if self.kept else None)
 
 
@@ -284,6 +285,13 @@ def observe(model: nn.Module, data: Batches | DataSource, layers: list[str] | st
     layers = _observable(check_model(model), layers)
     parameter = next(model.parameters())
     batches = data if isinstance(data, Batches) else Batches(data, samples, parameter.device, parameter.dtype)
+    return gather(model, batches, layers, patches_per_image, seed, progress, model_sha256(model))
+
+
+def gather(model: nn.Module, batches: Batches, layers: list[str], patches_per_image: int | None, seed: int,
+           progress: bool, model_hash: str) -> Observation:
+    """``observe`` of checked ``layers`` and ``batches``, for a model whose hash is known
+    (``compress`` hashes its model once)."""
     observer = _Observer(model, layers, patches_per_image, seed)
     model.eval()
     try:
@@ -295,7 +303,7 @@ def observe(model: nn.Module, data: Batches | DataSource, layers: list[str] | st
         for hook in observer.hooks:
             hook.remove()
         raise
-    return observer.finish()
+    return observer.finish(model_hash)
 
 
 @contextmanager
@@ -327,7 +335,7 @@ def observing(model: nn.Module, layers: list[str] | str = "all", patches_per_ima
         raise
     finally:
         call_hook.remove()
-    finished = observer.finish()
+    finished = observer.finish(model_sha256(model))
     for name in ("moments", "model_sha256", "device", "example", "sample"):
         setattr(observation, name, getattr(finished, name))
 
