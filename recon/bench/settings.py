@@ -3,27 +3,13 @@ policy and the final measurement share."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
-
-import numpy as np
 
 from recon.bench.latency import check_backend
+from recon.checks import check_flag, check_whole
 from recon.errors import ConfigError
 
 MAX_TIMING_BATCH = 4096  # the largest timing batch (a larger one only allocates more)
 WHOLE_MODEL_REPEATS = 50  # timed calls per model when a whole model is measured
-
-
-def check_whole(label: str, value: Any, minimum: int, optional: bool = False) -> None:
-    if optional and value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ConfigError(f"{label} must be a whole number >= {minimum}{' or None' if optional else ''}, got {value!r}")
-
-
-def check_flag(label: str, value: Any) -> None:
-    if not isinstance(value, bool):
-        raise ConfigError(f"{label} must be True or False, got {value!r}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,6 +18,7 @@ from typing import Any, ClassVar, NamedTuple
 import numpy as np
 from torch import nn
 
+from recon.checks import check_whole
 from recon.errors import ConfigError
 from recon.nn import Geometry, LowRankModule, geometry_of
 from recon.nn.base import Rank
@@ -48,7 +49,7 @@ class SolverOptions:
         for name, low, bits in (("lbfgs_iterations", 1, 63), ("cp_iterations", 1, 63), ("seed", 0, SEED_BITS)):
             value = getattr(self, name)
             if value is not None:
-                check_whole(name, value, low, bits)
+                check_whole(name, value, low, bits=bits)
         if isinstance(self.ridge, (list, tuple)):
             object.__setattr__(self, "ridge", tuple(self.ridge))
         for ridge in self.ridges:
@@ -82,12 +83,6 @@ class SolverOptions:
     def to_dict(self) -> dict[str, Any]:
         ridge = list(self.ridge) if isinstance(self.ridge, tuple) else self.ridge
         return {"seed": self.seed, "ridge": ridge}
-
-
-def check_whole(name: str, value: Any, low: int, bits: int = 63) -> None:
-    """ConfigError unless ``value`` is a whole number in low..2**bits-1."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not low <= value < 2 ** bits:
-        raise ConfigError(f"{name} must be a whole number in {low}..2**{bits}-1, got {value!r}")
 
 
 def check_schedule(schedule: Any) -> None:

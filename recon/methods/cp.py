@@ -6,7 +6,8 @@ from typing import Any
 import numpy as np
 
 from recon.errors import FitError
-from recon.methods.base import SEED_BITS, Fitted, Method, SolverOptions, check_whole
+from recon.checks import check_whole
+from recon.methods.base import SEED_BITS, Fitted, Method, SolverOptions
 from recon.nn import ConvGeometry, CPConv
 from solvers.objectives import Moments
 
@@ -32,8 +33,8 @@ class CP(Method):
     module_class = CPConv
 
     def __init__(self, iterations: int = 200, seed: int = 0) -> None:
-        check_whole("iterations", iterations, 1)
-        check_whole("seed", seed, 0, SEED_BITS)
+        check_whole("iterations", iterations, 1, bits=63)
+        check_whole("seed", seed, 0, bits=SEED_BITS)
         self.iterations, self.seed = int(iterations), int(seed)
 
     def settings(self) -> dict[str, Any]:

@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from recon.methods.base import Fitted, Method, SolverOptions, check_whole, conv_refusal
+from recon.checks import check_whole
+from recon.methods.base import Fitted, Method, SolverOptions, conv_refusal
 from recon.nn import ConvGeometry, Scheme2Conv
 from solvers import scheme2
 from solvers.objectives import Moments, data_objective, stack_quadratics
@@ -30,7 +31,7 @@ class Scheme2(Method):
     exact_rank_errors = True
 
     def __init__(self, lbfgs_iterations: int = 200) -> None:
-        check_whole("lbfgs_iterations", lbfgs_iterations, 1)
+        check_whole("lbfgs_iterations", lbfgs_iterations, 1, bits=63)
         self.lbfgs_iterations = int(lbfgs_iterations)
 
     def settings(self) -> dict[str, Any]:

@@ -16,7 +16,8 @@ import numpy as np
 
 from recon import methods
 from recon.bench.guard import MIN_SPEEDUP
-from recon.bench.settings import WHOLE_MODEL_REPEATS, Timing, check_flag, check_whole
+from recon.bench.settings import WHOLE_MODEL_REPEATS, Timing
+from recon.checks import check_flag, check_whole
 from recon.errors import ConfigError
 from recon.methods import Candidates, Method, SolverOptions
 from recon.pipeline.policies import Fixed, RankPolicy
