@@ -134,7 +134,7 @@ def test_bad_numbers_stop_at_parsing(args, message, capsys):
 
 
 def test_a_target_below_one_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr("recon.pipeline.compress.observe", lambda *a, **k: pytest.fail("statistics were gathered"))
+    monkeypatch.setattr("recon.pipeline.compress.gather", lambda *a, **k: pytest.fail("statistics were gathered"))
     code, _, err = run_fit(capsys, "--model", TINY, "--data", "tests.fixture_models:tiny_batches", "--layer", "all",
                            "--target-speedup", "0.5", "--out", str(tmp_path / "x.h5"))
     assert code == 2 and "target speedup must be a number > 1, got 0.5" in err
