@@ -6,8 +6,16 @@ W_hat[n, c, y, x] = sum_k H[n, k, x] V[k, c, y].
 Filter reconstruction has a closed form: reshaped as the (C*kh) x (N*kw) matrix
 M[(c, y), (n, x)] = W[n, c, y, x], W_hat is exactly a rank-K matrix, so the truncated SVD of
 M is optimal (Eckart-Young), with sqrt(sigma) split between V and H.
-Data reconstruction starts there and minimises the data loss over (V, H) with Optax L-BFGS,
-then refits H in closed form (the loss is quadratic in H for fixed V).
+Data reconstruction minimises the data loss over (V, H) with Optax L-BFGS, then refits H in
+closed form (the loss is quadratic in H for fixed V). The input covariance A of a conv's
+patches couples (c, y) with x and is badly conditioned, which slows L-BFGS on the raw factors
+(still improving after 200 iterations on real layers). Its nearest separable form
+A ~ A_rows (x) A_cols (partial traces over x and over (c, y)) whitens both factors at once:
+with A_rows = Lr Lr^T and A_cols = Lc Lc^T, L-BFGS runs on V Lr and H Lc, and for a separable A
+the truncated SVD of Lr^T M* (I (x) Lc) (M* the unconstrained optimum in the matrix layout
+above) is the exact optimum. From the better of that start and the plain SVD, L-BFGS reaches
+in 64 iterations a lower loss than the raw factors reached in 200 (fmnist-alexnet's conv2,
+conv4 and conv5 on 1,000 images: 0.00933/0.00626/0.00146 against 0.00936/0.00627/0.00148).
 """
 from __future__ import annotations
 
@@ -72,13 +80,79 @@ def refit_horizontal(quad: Quadratic, vertical: jax.Array, num_outputs: int, kw:
     return theta.reshape(num_outputs, k, kw)
 
 
-def data_fit(weights: jax.Array, quad: Quadratic, rank: int, iterations: int = 200) -> Scheme2Factors:
-    """Scheme 2 factors minimising ``quad`` (e.g. the data loss): SVD start, L-BFGS, H refit."""
-    scale = quad.weight_scale
-    start = filter_fit(weights / scale, rank)
+ITERATIONS = 64  # L-BFGS iterations of a data fit (see the module docstring)
+JITTER = 1e-6  # relative to the mean diagonal: keeps the whitening of a singular covariance defined
 
-    def loss(factors: Scheme2Factors) -> jax.Array:
-        return quad.loss(compose(*factors))
+
+def _jittered_cholesky(matrix: jax.Array) -> jax.Array:
+    size = matrix.shape[0]
+    jitter = JITTER * jnp.trace(matrix) / size * jnp.eye(size, dtype=matrix.dtype)
+    return jnp.linalg.cholesky(matrix + jitter)
+
+
+class Whitening(NamedTuple):
+    """Lower Cholesky factors of the separable approximation A ~ A_rows (x) A_cols of a
+    (C*kh*kw)^2 covariance, ``rows`` (C*kh, C*kh) over (c, y) and ``columns`` (kw, kw) over x,
+    with their inverses (formed once: every L-BFGS step maps whitened factors back)."""
+
+    rows: jax.Array
+    columns: jax.Array
+    rows_inverse: jax.Array
+    columns_inverse: jax.Array
+
+    @classmethod
+    def of(cls, a_matrix: jax.Array, kw: int) -> "Whitening":
+        """The partial traces of ``a_matrix`` over x and over (c, y), factorised."""
+        rows = a_matrix.shape[0] // kw
+        blocks = a_matrix.reshape(rows, kw, rows, kw)
+        a_rows = jnp.einsum("pxqx->pq", blocks) / kw
+        a_cols = jnp.einsum("pxpz->xz", blocks) / jnp.trace(a_rows)
+        factors = [_jittered_cholesky(a_rows), _jittered_cholesky(a_cols)]
+        inverse = lambda lower: jax.scipy.linalg.solve_triangular(lower, jnp.eye(len(lower), dtype=lower.dtype),
+                                                                  lower=True)
+        return cls(*factors, *(inverse(lower) for lower in factors))
+
+    def whiten(self, factors: Scheme2Factors) -> Scheme2Factors:
+        """(V Lr, H Lc): factors in the whitened coordinates."""
+        return self._map(factors, self.rows, self.columns)
+
+    def unwhiten(self, factors: Scheme2Factors) -> Scheme2Factors:
+        """(V Lr^-1, H Lc^-1): the factors of the weights from whitened ones."""
+        return self._map(factors, self.rows_inverse, self.columns_inverse)
+
+    @staticmethod
+    def _map(factors: Scheme2Factors, rows: jax.Array, columns: jax.Array) -> Scheme2Factors:
+        k, c, kh = factors.vertical.shape
+        vertical = (factors.vertical.reshape(k, c * kh) @ rows).reshape(k, c, kh)
+        return Scheme2Factors(vertical, jnp.einsum("nkx,xz->nkz", factors.horizontal, columns))
+
+    def optimum_start(self, quad: Quadratic, rank: int, shape: tuple[int, ...]) -> Scheme2Factors:
+        """Whitened factors of the rank-K truncated SVD of Lr^T M* (I (x) Lc), M* = B A^-1 in
+        the (C*kh) x (N*kw) layout: the exact optimum when A is separable."""
+        lower = _jittered_cholesky(quad.A)
+        optimum = jax.scipy.linalg.cho_solve((lower, True), quad.B.T).T  # (N, D)
+        n, c, kh, kw = shape
+        rows = c * kh
+        matrix = jnp.einsum("pq,npx,xz->qnz", self.rows, optimum.reshape(n, rows, kw), self.columns)
+        u, s, vt = jnp.linalg.svd(matrix.reshape(rows, n * kw), full_matrices=False)
+        root = jnp.sqrt(s[:rank])
+        vertical = (u[:, :rank] * root).T
+        horizontal = (root[:, None] * vt[:rank]).reshape(rank, n, kw).transpose(1, 0, 2)
+        return Scheme2Factors(vertical.reshape(rank, c, kh), horizontal)
+
+
+def data_fit(weights: jax.Array, quad: Quadratic, rank: int, iterations: int = ITERATIONS) -> Scheme2Factors:
+    """Scheme 2 factors minimising ``quad`` (e.g. the data loss): L-BFGS in whitened coordinates
+    from the better of two starts (the weights' truncated SVD and the whitened optimum), then
+    the H refit."""
+    n, kw = weights.shape[0], weights.shape[3]
+    scale = quad.weight_scale
+    whitening = Whitening.of(quad.A, kw)
+    loss = lambda factors: quad.loss(compose(*whitening.unwhiten(factors)))
+    starts = [whitening.whiten(filter_fit(weights / scale, rank)), whitening.optimum_start(quad, rank, weights.shape)]
+    losses = jnp.stack([loss(start) for start in starts])
+    use_optimum = jnp.isfinite(losses[1]) & (losses[1] < losses[0])
+    start = jax.tree_util.tree_map(lambda svd, optimum: jnp.where(use_optimum, optimum, svd), *starts)
 
     optimizer = optax.lbfgs()
     value_and_grad = optax.value_and_grad_from_state(loss)
@@ -90,8 +164,9 @@ def data_fit(weights: jax.Array, quad: Quadratic, rank: int, iterations: int = 2
         return optax.apply_updates(params, updates), state
 
     params, _ = jax.lax.fori_loop(0, iterations, step, (start, optimizer.init(start)))
-    horizontal = refit_horizontal(quad, params.vertical, weights.shape[0], weights.shape[3])
-    return Scheme2Factors(params.vertical * jnp.sqrt(scale), horizontal * jnp.sqrt(scale))
+    vertical = whitening.unwhiten(params).vertical
+    horizontal = refit_horizontal(quad, vertical, n, kw)
+    return Scheme2Factors(vertical * jnp.sqrt(scale), horizontal * jnp.sqrt(scale))
 
 
 def truncation_data_errors(weights: np.ndarray, covariance: np.ndarray) -> np.ndarray:
@@ -163,7 +238,8 @@ _batched_solve = jax.jit(jax.vmap(_solve, in_axes=(0, 0, None, None)), static_ar
 _batched_filter_solve = jax.jit(jax.vmap(_solve, in_axes=(0, None, None, None)), static_argnums=(1, 2, 3))
 
 
-def fit_batch(weights: np.ndarray, rank: int, quads: Quadratic | None = None, iterations: int = 200) -> Scheme2Result:
+def fit_batch(weights: np.ndarray, rank: int, quads: Quadratic | None = None,
+              iterations: int = ITERATIONS) -> Scheme2Result:
     """Fit Scheme 2 to P problems of equal shape at once (``vmap``; the batch is sharded over
     every JAX device): closed forms when ``quads`` is None (filter mode) or for 1x1 kernels,
     else data reconstruction by L-BFGS. ``quads`` carry a leading batch axis P
@@ -189,7 +265,7 @@ def fit_batch(weights: np.ndarray, rank: int, quads: Quadratic | None = None, it
     return Scheme2Result(vertical, horizontal, np.asarray(loss, np.float64), time.perf_counter() - start)
 
 
-def fit(weights: np.ndarray, rank: int, quad: Quadratic | None = None, iterations: int = 200) -> Scheme2Result:
+def fit(weights: np.ndarray, rank: int, quad: Quadratic | None = None, iterations: int = ITERATIONS) -> Scheme2Result:
     """Fit Scheme 2 to one layer: ``fit_batch`` with one problem, the batch axis removed."""
     quads = None if quad is None else stack_quadratics([quad])
     result = fit_batch(np.asarray(weights)[None], rank, quads, iterations)

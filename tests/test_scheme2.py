@@ -1,4 +1,7 @@
+import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from hypothesis import given, settings, strategies as st
 
@@ -130,3 +133,87 @@ def test_batched_fit_equals_one_by_one():
     for index, w in enumerate(weights):
         single = scheme2.fit(w, 4, data_objective(w, _correlated_moments(54, seed=index)), 100)
         assert batched.loss[index] == pytest.approx(single.loss, abs=1e-5)
+
+
+def _raw_lbfgs(weights, quad, rank, iterations):
+    """The reference the whitened solver replaced: L-BFGS on the raw factors from the SVD."""
+    loss = lambda factors: quad.loss(scheme2.compose(*factors))
+    optimizer, value_and_grad = optax.lbfgs(), optax.value_and_grad_from_state(loss)
+
+    def step(_, carry):
+        params, state = carry
+        value, grad = value_and_grad(params, state=state)
+        updates, state = optimizer.update(grad, state, params, value=value, grad=grad, value_fn=loss)
+        return optax.apply_updates(params, updates), state
+
+    start = scheme2.filter_fit(weights / quad.weight_scale, rank)
+    params, _ = jax.lax.fori_loop(0, iterations, step, (start, optimizer.init(start)))
+    return float(loss(params))
+
+
+def _separable_moments(c, kh, kw, seed=0):
+    """Zero-mean statistics whose covariance is exactly A_rows (x) A_cols, both ill-conditioned."""
+    rng = np.random.default_rng(seed)
+    rows = rng.standard_normal((c * kh, c * kh)) * np.logspace(0, -2, c * kh)
+    cols = rng.standard_normal((kw, kw)) * np.logspace(0, -1, kw)
+    covariance = np.kron(rows @ rows.T, cols @ cols.T)
+    return Moments.symmetric(1, np.zeros(c * kh * kw), covariance)
+
+
+@settings(max_examples=10, deadline=None)
+@given(n=st.integers(1, 6), c=st.integers(1, 4), kh=st.integers(1, 3), kw=st.integers(2, 3), seed=st.integers(0, 99))
+def test_whitening_round_trips_and_is_the_separable_factorisation(n, c, kh, kw, seed):
+    with jax.enable_x64(True):
+        _check_whitening(n, c, kh, kw, seed)
+
+
+def _check_whitening(n, c, kh, kw, seed):
+    moments = _separable_moments(c, kh, kw, seed)
+    weights = np.random.default_rng(seed).standard_normal((n, c, kh, kw))
+    quad = data_objective(weights, moments, ridge=0.0, dtype=jnp.float64)
+    whitening = scheme2.Whitening.of(quad.A, kw)
+    rows, cols = np.asarray(whitening.rows), np.asarray(whitening.columns)
+    np.testing.assert_allclose(np.kron(rows @ rows.T, cols @ cols.T), np.asarray(quad.A), rtol=1e-4,
+                               atol=1e-5 * np.abs(quad.A).max())
+    rank = min(c * kh, n * kw)
+    factors = scheme2.Scheme2Factors(jnp.asarray(np.random.default_rng(1).standard_normal((rank, c, kh))),
+                                     jnp.asarray(np.random.default_rng(2).standard_normal((n, rank, kw))))
+    back = whitening.unwhiten(whitening.whiten(factors))
+    np.testing.assert_allclose(back.vertical, factors.vertical, rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(back.horizontal, factors.horizontal, rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_the_whitened_start_is_the_optimum_for_separable_statistics(seed):
+    """For A = A_rows (x) A_cols the whitened SVD is exact: neither random nudges nor a long
+    L-BFGS on the raw factors find a lower loss."""
+    with jax.enable_x64(True):
+        _check_separable_optimum(seed)
+
+
+def _check_separable_optimum(seed):
+    n, c, kh, kw, rank = 6, 4, 3, 3, 3
+    weights = decaying_weights((n, c, kh, kw), seed=seed).astype(np.float64)
+    quad = data_objective(weights, _separable_moments(c, kh, kw, seed), ridge=0.0, dtype=jnp.float64)
+    whitening = scheme2.Whitening.of(quad.A, kw)
+    start = whitening.unwhiten(whitening.optimum_start(quad, rank, weights.shape))
+    best = float(quad.loss(scheme2.compose(*start)))
+    assert best <= _raw_lbfgs(weights, quad, rank, 3000) + 1e-7
+    rng = np.random.default_rng(seed)
+    for _ in range(20):
+        nudged = [factor + 1e-3 * np.abs(factor).max() * rng.standard_normal(factor.shape) for factor in start]
+        assert best <= float(quad.loss(scheme2.compose(*nudged)))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_whitened_fit_beats_200_raw_lbfgs_iterations_on_ill_conditioned_inputs(seed):
+    """Patch statistics like a conv's (ill-conditioned, nearly separable): 64 whitened
+    iterations end below 200 raw ones (64 raw ones end 0.06-0.4% above them here)."""
+    c, kh, kw = 8, 3, 3
+    separable = _separable_moments(c, kh, kw, seed).second_hat
+    mixing = np.random.default_rng(seed + 10).standard_normal((c * kh * kw, c * kh * kw))
+    covariance = separable + 0.01 * np.trace(separable) * (mixing @ mixing.T) / (c * kh * kw) ** 2
+    weights = decaying_weights((16, c, kh, kw), decay=0.85, seed=seed)
+    quad = data_objective(weights, Moments.symmetric(1, np.zeros(c * kh * kw), covariance))
+    result = scheme2.fit(weights, 6, quad)
+    assert result.loss <= _raw_lbfgs(weights.astype(np.float32), quad, 6, 200) * (1 + 1e-5)

@@ -30,7 +30,7 @@ class Scheme2(Method):
     fits_data = True
     exact_rank_errors = True
 
-    def __init__(self, lbfgs_iterations: int = 200) -> None:
+    def __init__(self, lbfgs_iterations: int = scheme2.ITERATIONS) -> None:
         check_whole("lbfgs_iterations", lbfgs_iterations, 1, bits=63)
         self.lbfgs_iterations = int(lbfgs_iterations)
 
