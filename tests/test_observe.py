@@ -40,6 +40,21 @@ def test_hook_moments_equal_explicit_unfold():
     np.testing.assert_allclose(moments.second_hat, patches.T @ patches / len(patches), rtol=1e-10, atol=1e-12)
 
 
+def test_a_float32_model_forms_batch_products_in_float32_and_sums_them_in_float64():
+    """Products in the inputs' precision: within float32 rounding of the float64 truth over
+    many batches (the running sums do not drift), and kept as float64."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(4, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3))
+    inputs = [torch.randn(8, 4, 12, 12) for _ in range(40)]
+    moments = observe(model, inputs, ["2"], patches_per_image=None, progress=False)["2"]
+    layer_inputs = [torch.relu(model[0](x)).detach().double().numpy() for x in inputs]
+    patches = np.concatenate([numpy_patches(x, 3, 3, (1, 1), (0, 0), (1, 1)).reshape(-1, 72) for x in layer_inputs])
+    second = patches.T @ patches / len(patches)
+    assert moments.second_hat.dtype == np.float64
+    np.testing.assert_allclose(moments.mean, patches.mean(0), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(moments.second_hat, second, rtol=0, atol=1e-5 * np.abs(second).max())
+
+
 @settings(max_examples=20, deadline=None)
 @given(c=st.integers(1, 3), kh=st.integers(1, 4), kw=st.integers(1, 4), stride=st.tuples(st.integers(1, 3), st.integers(1, 2)),
        padding=st.tuples(st.integers(0, 2), st.integers(0, 2)), dilation=st.tuples(st.integers(1, 2), st.integers(1, 2)),
