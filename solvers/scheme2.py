@@ -84,33 +84,37 @@ ITERATIONS = 64  # L-BFGS iterations of a data fit (see the module docstring)
 JITTER = 1e-6  # relative to the mean diagonal: keeps the whitening of a singular covariance defined
 
 
-def _jittered_cholesky(matrix: jax.Array) -> jax.Array:
-    size = matrix.shape[0]
-    jitter = JITTER * jnp.trace(matrix) / size * jnp.eye(size, dtype=matrix.dtype)
-    return jnp.linalg.cholesky(matrix + jitter)
+def _jittered_cholesky(matrix: np.ndarray) -> np.ndarray:
+    size = len(matrix)
+    return np.linalg.cholesky(matrix + JITTER * np.trace(matrix) / size * np.eye(size))
+
+
+def _numpy_loss(a_matrix: np.ndarray, b_matrix: np.ndarray, scaled: np.ndarray) -> float:
+    """``Quadratic.loss`` in float64 NumPy."""
+    flat = scaled.reshape(b_matrix.shape)
+    return float(1.0 - 2.0 * np.vdot(flat, b_matrix) + np.vdot(flat @ a_matrix, flat))
 
 
 class Whitening(NamedTuple):
     """Lower Cholesky factors of the separable approximation A ~ A_rows (x) A_cols of a
     (C*kh*kw)^2 covariance, ``rows`` (C*kh, C*kh) over (c, y) and ``columns`` (kw, kw) over x,
-    with their inverses (formed once: every L-BFGS step maps whitened factors back)."""
+    with their inverses (formed once: every L-BFGS step maps whitened factors back). Made in
+    float64 NumPy before the solve, so the compiled solve holds matrix products only."""
 
-    rows: jax.Array
-    columns: jax.Array
-    rows_inverse: jax.Array
-    columns_inverse: jax.Array
+    rows: np.ndarray
+    columns: np.ndarray
+    rows_inverse: np.ndarray
+    columns_inverse: np.ndarray
 
     @classmethod
-    def of(cls, a_matrix: jax.Array, kw: int) -> "Whitening":
+    def of(cls, a_matrix: np.ndarray, kw: int) -> "Whitening":
         """The partial traces of ``a_matrix`` over x and over (c, y), factorised."""
-        rows = a_matrix.shape[0] // kw
-        blocks = a_matrix.reshape(rows, kw, rows, kw)
-        a_rows = jnp.einsum("pxqx->pq", blocks) / kw
-        a_cols = jnp.einsum("pxpz->xz", blocks) / jnp.trace(a_rows)
+        rows = len(a_matrix) // kw
+        blocks = np.asarray(a_matrix, np.float64).reshape(rows, kw, rows, kw)
+        a_rows = np.einsum("pxqx->pq", blocks) / kw
+        a_cols = np.einsum("pxpz->xz", blocks) / np.trace(a_rows)
         factors = [_jittered_cholesky(a_rows), _jittered_cholesky(a_cols)]
-        inverse = lambda lower: jax.scipy.linalg.solve_triangular(lower, jnp.eye(len(lower), dtype=lower.dtype),
-                                                                  lower=True)
-        return cls(*factors, *(inverse(lower) for lower in factors))
+        return cls(*factors, *(np.linalg.inv(lower) for lower in factors))
 
     def whiten(self, factors: Scheme2Factors) -> Scheme2Factors:
         """(V Lr, H Lc): factors in the whitened coordinates."""
@@ -121,39 +125,59 @@ class Whitening(NamedTuple):
         return self._map(factors, self.rows_inverse, self.columns_inverse)
 
     @staticmethod
-    def _map(factors: Scheme2Factors, rows: jax.Array, columns: jax.Array) -> Scheme2Factors:
+    def _map(factors: Scheme2Factors, rows, columns) -> Scheme2Factors:
         k, c, kh = factors.vertical.shape
         vertical = (factors.vertical.reshape(k, c * kh) @ rows).reshape(k, c, kh)
-        return Scheme2Factors(vertical, jnp.einsum("nkx,xz->nkz", factors.horizontal, columns))
+        n, _, kw = factors.horizontal.shape
+        return Scheme2Factors(vertical, (factors.horizontal.reshape(n * k, kw) @ columns).reshape(n, k, kw))
 
-    def optimum_start(self, quad: Quadratic, rank: int, shape: tuple[int, ...]) -> Scheme2Factors:
+    def optimum_start(self, a_matrix: np.ndarray, b_matrix: np.ndarray, rank: int,
+                      shape: tuple[int, ...]) -> Scheme2Factors:
         """Whitened factors of the rank-K truncated SVD of Lr^T M* (I (x) Lc), M* = B A^-1 in
         the (C*kh) x (N*kw) layout: the exact optimum when A is separable."""
-        lower = _jittered_cholesky(quad.A)
-        optimum = jax.scipy.linalg.cho_solve((lower, True), quad.B.T).T  # (N, D)
+        lower = _jittered_cholesky(a_matrix)
+        optimum = np.linalg.solve(lower.T, np.linalg.solve(lower, b_matrix.T)).T  # B A^-1, (N, D)
         n, c, kh, kw = shape
         rows = c * kh
-        matrix = jnp.einsum("pq,npx,xz->qnz", self.rows, optimum.reshape(n, rows, kw), self.columns)
-        u, s, vt = jnp.linalg.svd(matrix.reshape(rows, n * kw), full_matrices=False)
-        root = jnp.sqrt(s[:rank])
+        matrix = np.einsum("pq,npx,xz->qnz", self.rows, optimum.reshape(n, rows, kw), self.columns, optimize=True)
+        u, s, vt = np.linalg.svd(matrix.reshape(rows, n * kw), full_matrices=False)
+        root = np.sqrt(s[:rank])
         vertical = (u[:, :rank] * root).T
         horizontal = (root[:, None] * vt[:rank]).reshape(rank, n, kw).transpose(1, 0, 2)
         return Scheme2Factors(vertical.reshape(rank, c, kh), horizontal)
 
 
-def data_fit(weights: jax.Array, quad: Quadratic, rank: int, iterations: int = ITERATIONS) -> Scheme2Factors:
+class Prepared(NamedTuple):
+    """What a data fit starts from: the whitening and the whitened start, in the solve's dtype."""
+
+    whitening: Whitening
+    start: Scheme2Factors
+
+
+def prepare(weights: np.ndarray, quad: Quadratic, rank: int) -> Prepared:
+    """The whitening of ``quad``'s A and the better (lower loss) of two whitened starts: the
+    weights' truncated SVD and the whitened optimum (float64 NumPy)."""
+    a_matrix, b_matrix = np.asarray(quad.A, np.float64), np.asarray(quad.B, np.float64)
+    scaled = np.asarray(weights, np.float64) / float(quad.weight_scale)
+    whitening = Whitening.of(a_matrix, weights.shape[3])
+    plain = whitening.whiten(Scheme2Factors(*map(np.asarray, filter_fit(scaled, rank))))
+    starts = [plain, whitening.optimum_start(a_matrix, b_matrix, rank, weights.shape)]
+    losses = [_numpy_loss(a_matrix, b_matrix, np.einsum("nkx,kcy->ncyx", *reversed(whitening.unwhiten(start))))
+              for start in starts]
+    start = starts[1] if np.isfinite(losses[1]) and losses[1] < losses[0] else starts[0]
+    cast = lambda values: jax.tree_util.tree_map(lambda value: jnp.asarray(value, quad.B.dtype), values)
+    return Prepared(cast(whitening), cast(start))
+
+
+def data_fit(weights: jax.Array, quad: Quadratic, rank: int, iterations: int = ITERATIONS,
+             prepared: Prepared | None = None) -> Scheme2Factors:
     """Scheme 2 factors minimising ``quad`` (e.g. the data loss): L-BFGS in whitened coordinates
-    from the better of two starts (the weights' truncated SVD and the whitened optimum), then
-    the H refit."""
+    from ``prepared`` (``prepare``'s, made here when None: pass it under ``jit``), then the H
+    refit."""
     n, kw = weights.shape[0], weights.shape[3]
     scale = quad.weight_scale
-    whitening = Whitening.of(quad.A, kw)
+    whitening, start = prepare(np.asarray(weights), quad, rank) if prepared is None else prepared
     loss = lambda factors: quad.loss(compose(*whitening.unwhiten(factors)))
-    starts = [whitening.whiten(filter_fit(weights / scale, rank)), whitening.optimum_start(quad, rank, weights.shape)]
-    losses = jnp.stack([loss(start) for start in starts])
-    use_optimum = jnp.isfinite(losses[1]) & (losses[1] < losses[0])
-    start = jax.tree_util.tree_map(lambda svd, optimum: jnp.where(use_optimum, optimum, svd), *starts)
-
     optimizer = optax.lbfgs()
     value_and_grad = optax.value_and_grad_from_state(loss)
 
@@ -224,18 +248,30 @@ class Scheme2Result(NamedTuple):
     seconds: float
 
 
-def _solve(weights: jax.Array, quad: Quadratic | None, rank: int, iterations: int) -> tuple[Scheme2Factors, jax.Array]:
-    """One problem: truncated SVD (filter), the closed form (data, 1x1), or SVD + L-BFGS (data)."""
+def _solve(weights: jax.Array, quad: Quadratic | None, rank: int, iterations: int,
+           prepared: Prepared | None) -> tuple[Scheme2Factors, jax.Array]:
+    """One problem: truncated SVD (filter), the closed form (data, 1x1), or whitened L-BFGS
+    from ``prepared`` (data)."""
     if quad is None:
         factors = filter_fit(weights, rank)
         return factors, jnp.sum((weights - compose(*factors)) ** 2) / jnp.sum(weights ** 2)
     pointwise = weights.shape[2] == weights.shape[3] == 1
-    factors = reduced_rank_fit(weights, quad, rank) if pointwise else data_fit(weights, quad, rank, iterations)
+    factors = reduced_rank_fit(weights, quad, rank) if pointwise else data_fit(weights, quad, rank, iterations,
+                                                                               prepared)
     return factors, quad.loss(compose(*factors) / quad.weight_scale)
 
 
-_batched_solve = jax.jit(jax.vmap(_solve, in_axes=(0, 0, None, None)), static_argnums=(2, 3))
-_batched_filter_solve = jax.jit(jax.vmap(_solve, in_axes=(0, None, None, None)), static_argnums=(1, 2, 3))
+_batched_solve = jax.jit(jax.vmap(_solve, in_axes=(0, 0, None, None, 0)), static_argnums=(2, 3))
+_batched_filter_solve = jax.jit(jax.vmap(_solve, in_axes=(0, None, None, None, None)), static_argnums=(1, 2, 3))
+
+
+def _prepare_batch(weights: np.ndarray, quads: Quadratic, rank: int) -> Prepared | None:
+    """``prepare`` of every problem, stacked (None for 1x1 kernels: their fit is closed-form)."""
+    if weights.shape[3] == weights.shape[4] == 1:
+        return None
+    each = [prepare(w, jax.tree_util.tree_map(lambda field: field[index], quads), rank)
+            for index, w in enumerate(weights)]
+    return jax.tree_util.tree_map(lambda *values: jnp.stack(values), *each)
 
 
 def fit_batch(weights: np.ndarray, rank: int, quads: Quadratic | None = None,
@@ -253,9 +289,11 @@ def fit_batch(weights: np.ndarray, rank: int, quads: Quadratic | None = None,
     dtype = jnp.float32 if quads is None else quads.B.dtype
     w = jnp.asarray(weights, dtype)
     if quads is None:
-        factors, loss = _batched_filter_solve(shard_leading_axis(w), None, rank, iterations)
+        factors, loss = _batched_filter_solve(shard_leading_axis(w), None, rank, iterations, None)
     else:
-        factors, loss = _batched_solve(*shard_leading_axis((w, quads)), rank, iterations)
+        prepared = _prepare_batch(weights, quads, rank)
+        factors, loss = _batched_solve(*shard_leading_axis((w, quads)), rank, iterations,
+                                       None if prepared is None else shard_leading_axis(prepared))
     factors, loss = jax.block_until_ready((factors, loss))
     vertical, horizontal = np.asarray(factors.vertical), np.asarray(factors.horizontal)
     if not (np.all(np.isfinite(vertical)) and np.all(np.isfinite(horizontal))):

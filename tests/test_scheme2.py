@@ -176,8 +176,8 @@ def _check_whitening(n, c, kh, kw, seed):
     np.testing.assert_allclose(np.kron(rows @ rows.T, cols @ cols.T), np.asarray(quad.A), rtol=1e-4,
                                atol=1e-5 * np.abs(quad.A).max())
     rank = min(c * kh, n * kw)
-    factors = scheme2.Scheme2Factors(jnp.asarray(np.random.default_rng(1).standard_normal((rank, c, kh))),
-                                     jnp.asarray(np.random.default_rng(2).standard_normal((n, rank, kw))))
+    factors = scheme2.Scheme2Factors(np.random.default_rng(1).standard_normal((rank, c, kh)),
+                                     np.random.default_rng(2).standard_normal((n, rank, kw)))
     back = whitening.unwhiten(whitening.whiten(factors))
     np.testing.assert_allclose(back.vertical, factors.vertical, rtol=1e-6, atol=1e-8)
     np.testing.assert_allclose(back.horizontal, factors.horizontal, rtol=1e-6, atol=1e-8)
@@ -196,7 +196,7 @@ def _check_separable_optimum(seed):
     weights = decaying_weights((n, c, kh, kw), seed=seed).astype(np.float64)
     quad = data_objective(weights, _separable_moments(c, kh, kw, seed), ridge=0.0, dtype=jnp.float64)
     whitening = scheme2.Whitening.of(quad.A, kw)
-    start = whitening.unwhiten(whitening.optimum_start(quad, rank, weights.shape))
+    start = whitening.unwhiten(whitening.optimum_start(np.asarray(quad.A), np.asarray(quad.B), rank, weights.shape))
     best = float(quad.loss(scheme2.compose(*start)))
     assert best <= _raw_lbfgs(weights, quad, rank, 3000) + 1e-7
     rng = np.random.default_rng(seed)
