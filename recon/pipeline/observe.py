@@ -119,10 +119,10 @@ def second_moments(x: torch.Tensor, groups: int) -> torch.Tensor:
 
 
 def first_moments(x: torch.Tensor, groups: int) -> torch.Tensor:
-    """The sum of the patches (D,), or per group (G, D/G), in float64 (summed in x's dtype:
-    torch's pairwise sum keeps float32 exact to rounding, at a fraction of the time of a
-    widening sum)."""
-    total = x.sum(0).double()
+    """The sum of the patches (D,), or per group (G, D/G), in x's dtype (torch's pairwise sum
+    keeps float32 exact to rounding, at a fraction of the time of a widening sum; the running
+    sums widen it)."""
+    total = x.sum(0)
     return total if groups == 1 else total.reshape(groups, -1)
 
 
@@ -134,6 +134,7 @@ class _Sums:
         self.sums: dict[str, torch.Tensor] = {}
 
     def add(self, key: str, value: torch.Tensor) -> None:
+        """Add one batch's ``value`` (any float dtype) to the float64 sum under ``key``."""
         value = value.double()
         self.sums[key] = self.sums[key] + value if key in self.sums else value.clone()
 
