@@ -12,13 +12,15 @@ relative change of the model's output over the relative change of the layer's ou
 noise of the same size is a poor probe: it spreads over every direction, while a truncation
 removes the weak directions, which later layers can amplify (on the bundled model noise put
 conv5's sensitivity so low that an allocation cut it to rank 2 and accuracy fell to 24%).
-One forward pass per layer, no labels. Once a model is fitted, ``output_change`` and
+No labels; about half a forward pass per layer (``Suffixes``: the network in front of a
+layer's block runs once for all layers). Once a model is fitted, ``output_change`` and
 ``contributions`` measure what the prediction summed per layer misses: how the network
 compounds the errors.
 """
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,11 +30,50 @@ from recon.errors import FitError
 from recon.inputs import Batch, run
 from recon.methods import Method
 from recon.nn import LowRankModule
+from recon.pipeline.blocks import find_blocks
 from recon.pipeline.fitting import approximation_error, to_numpy
 from recon.pipeline.outputs import model_output, relative_change
 from recon.pipeline.policies import RankProblem
+from recon.pipeline.propagate import Propagation, Untraceable
 
 PROBE_LOSS = 0.05  # the sensitivity probe of a layer loses about this much
+
+
+class Suffixes:
+    """``model``'s output on the batch ``sample``, computed from the block holding one of
+    ``layers`` onwards: the graph before that block runs once for all the layers, visited in
+    ``order`` (``recon.pipeline.propagate``), so probing every layer costs about half a pass
+    each instead of a whole one. A model that cannot be walked that way (untraceable, several
+    inputs, a layer also called outside its block) runs whole every time: same values."""
+
+    def __init__(self, model: nn.Module, layers: list[str], sample: Batch) -> None:
+        self.model, self.sample = model, sample
+        self.block_of = {layer: block for block, inside in find_blocks(model, layers).items() for layer in inside}
+        self.walk = self._walk(layers) if isinstance(sample, torch.Tensor) else None
+        position = (lambda layer: 0) if self.walk is None else (
+            lambda layer: self.walk.block_node[self.block_of[layer]])
+        self.order = sorted(layers, key=position)
+
+    def _walk(self, layers: list[str]) -> Propagation | None:
+        try:
+            walk = Propagation({"model": self.model}, [self.sample], list(dict.fromkeys(self.block_of.values())))
+        except Untraceable:
+            return None
+        called = [str(node.target) for node in walk.nodes if node.op == "call_module"]
+        overlaps = lambda layer, target: (target == layer or target.startswith(layer + ".")
+                                          or layer.startswith(target + "."))
+        if any(sum(overlaps(layer, target) for target in called) != 1 for layer in layers):
+            return None
+        return walk
+
+    def output(self, layer: str | None = None) -> Any:
+        """The output, from ``layer``'s block onwards (None: from where the walk stands, at
+        first the input); layers must come in ``order``."""
+        if self.walk is None:
+            return run(self.model, self.sample)
+        if layer is not None:
+            self.walk.advance(self.block_of[layer])
+        return self.walk.rest("model")
 
 
 @torch.inference_mode()
@@ -40,23 +81,24 @@ def output_sensitivities(model: nn.Module, probes: dict[str, nn.Module], sample:
     """Per named layer: the relative change of ``model``'s output on the batch ``sample``
     divided by the relative change of the layer's output, when ``probes[name]`` computes
     that layer's output instead (0 for a probe that changes nothing)."""
-    reference = model_output(run(model, sample)).double()
+    suffixes = Suffixes(model, list(probes), sample)
+    reference = model_output(suffixes.output()).double()
     sensitivities = {}
-    for name, probe in probes.items():
+    for name in suffixes.order:
         changes = []
 
-        def replace(module, args, output, probe=probe):
+        def replace(module, args, output, probe=probes[name]):
             replaced = probe(*args)
             changes.append(float(relative_change(replaced.double(), output.double())))
             return replaced
 
         hook = model.get_submodule(name).register_forward_hook(replace)
         try:
-            change = float(relative_change(model_output(run(model, sample)).double(), reference))
+            change = float(relative_change(model_output(suffixes.output(name)).double(), reference))
         finally:
             hook.remove()
         sensitivities[name] = change / changes[0] if changes[0] > 0 else 0.0
-    return sensitivities
+    return {name: sensitivities[name] for name in probes}
 
 
 @torch.inference_mode()
@@ -70,17 +112,19 @@ def contributions(dense: nn.Module, approx: nn.Module, layers: list[str], sample
     """(``output_change`` of ``approx``, and per named layer the part of it that goes away when
     that layer alone computes its dense output again): each layer's share of the error as the
     approximated network really compounds it."""
-    change = output_change(dense, approx, sample)
+    reference = model_output(run(dense, sample)).double()
+    suffixes = Suffixes(approx, layers, sample)
+    change = float(relative_change(model_output(suffixes.output()).double(), reference))
     shares = {}
-    for name in layers:
+    for name in suffixes.order:
         original = dense.get_submodule(name)
         hook = approx.get_submodule(name).register_forward_hook(lambda module, args, output, original=original:
                                                                 original(*args))
         try:
-            shares[name] = change - output_change(dense, approx, sample)
+            shares[name] = change - float(relative_change(model_output(suffixes.output(name)).double(), reference))
         finally:
             hook.remove()
-    return change, shares
+    return change, {name: shares[name] for name in layers}
 
 
 class QuickModules:

@@ -65,12 +65,13 @@ def _attribute(model: nn.Module, target: str) -> Any:
 
 
 class Propagation:
-    """Activations of ``dense`` and ``approx`` (models of the same structure) for ``chunks`` of
-    inputs, advanced through the blocks in their order in the graph (see the module docstring)."""
+    """Activations of ``models`` (side name -> model, all of the first one's structure) for
+    ``chunks`` of inputs, advanced through the blocks in their order in the graph (see the
+    module docstring)."""
 
-    def __init__(self, dense: nn.Module, approx: nn.Module, chunks: list[torch.Tensor], blocks: list[str]) -> None:
-        graph = _trace(dense, blocks)
-        self.models = {"dense": dense, "approx": approx}
+    def __init__(self, models: dict[str, nn.Module], chunks: list[torch.Tensor], blocks: list[str]) -> None:
+        graph = _trace(next(iter(models.values())), blocks)
+        self.models = models
         self.chunks = chunks
         self.nodes = list(graph.nodes)
         self.position = 0  # the next node to run: the block whose inputs were last handed out, or before it
@@ -83,9 +84,16 @@ class Propagation:
         self.values: dict[str, dict[fx.Node, list[Any]]] = {side: {} for side in self.models}
 
     def calls(self, block: str) -> dict[str, list[Call]]:
-        """The arguments ``block`` receives, per chunk, in the dense and in the approximated
-        model ("dense", "approx"): runs the graph up to the block, with the blocks before it
-        as they are now. Raises Untraceable for a block already passed."""
+        """The arguments ``block`` receives, per chunk, on every side (e.g. "dense", "approx"):
+        runs the graph up to the block, with the blocks before it as they are now. Raises
+        Untraceable for a block already passed."""
+        self.advance(block)
+        node = self.nodes[self.position]
+        return {side: [self._arguments(node, side, chunk) for chunk in range(len(self.chunks))]
+                for side in self.models}
+
+    def advance(self, block: str) -> None:
+        """Run the graph up to ``block`` (Untraceable for a block already passed)."""
         index = self.block_node[block]
         if index < self.position:
             raise Untraceable(f"block {block!r} runs before a block already propagated")
@@ -96,9 +104,25 @@ class Propagation:
                     for values in self.values.values():
                         values.pop(used, None)
         self.position = index
-        node = self.nodes[index]
-        return {side: [self._arguments(node, side, chunk) for chunk in range(len(self.chunks))]
-                for side in self.models}
+
+    def rest(self, side: str, chunk: int = 0) -> Any:
+        """The model's output on one chunk, running the graph from where the walk stands (on
+        copies of the values kept so far: an in-place operation cannot change them)."""
+        values = {node: fx.node.map_aggregate(kept[chunk], _copy) for node, kept in self.values[side].items()}
+        lookup = lambda used: values[used]
+        for position in range(self.position, len(self.nodes)):
+            node = self.nodes[position]
+            if node.op == "output":
+                return fx.node.map_arg(node.args[0], lookup)
+            if node.op == "placeholder":
+                values[node] = self.chunks[chunk]
+            else:
+                values[node] = _execute(self.models[side], node, fx.node.map_arg(node.args, lookup),
+                                        fx.node.map_arg(node.kwargs, lookup))
+            for used in node.all_input_nodes:
+                if self.last_use[used] == position:
+                    values.pop(used, None)
+        raise Untraceable("the traced graph has no output node")
 
     def _arguments(self, node: fx.Node, side: str, chunk: int) -> Call:
         values = self.values[side]
@@ -114,6 +138,10 @@ class Propagation:
             with torch.no_grad():  # not inference_mode: block reconstruction trains on these values
                 self.values[side][node] = [_execute(model, node, *self._arguments(node, side, chunk))
                                            for chunk in range(len(self.chunks))]
+
+
+def _copy(value: Any) -> Any:
+    return value.clone() if isinstance(value, torch.Tensor) else value
 
 
 def _execute(model: nn.Module, node: fx.Node, args: tuple, kwargs: dict) -> Any:
@@ -139,7 +167,7 @@ class Carried:
         try:
             if not all(isinstance(chunk, torch.Tensor) for chunk in chunks):
                 raise Untraceable("the model takes keyword or several inputs; propagation feeds one tensor")
-            self.propagation = Propagation(dense, approx, chunks, blocks)
+            self.propagation = Propagation({"dense": dense, "approx": approx}, chunks, blocks)
         except Untraceable as err:
             self._give_up(err)
 
