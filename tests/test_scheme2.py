@@ -217,3 +217,27 @@ def test_whitened_fit_beats_200_raw_lbfgs_iterations_on_ill_conditioned_inputs(s
     quad = data_objective(weights, Moments.symmetric(1, np.zeros(c * kh * kw), covariance))
     result = scheme2.fit(weights, 6, quad)
     assert result.loss <= _raw_lbfgs(weights.astype(np.float32), quad, 6, 200) * (1 + 1e-5)
+
+
+@pytest.mark.parametrize("kernel,ranks", [((3, 3), (1, 5, 18)), ((1, 1), (1, 4, 6))])
+def test_every_rank_solved_in_max_rank_slots_equals_its_own_solve(kernel, ranks):
+    """fit_batch solves any rank of a shape in one program of max_rank filter slots (and
+    batches in powers of two): the unused slots must not change the fit. Reference: the solve
+    compiled at exactly that rank, one problem at a time."""
+    weights = np.stack([decaying_weights((6, 6, *kernel), seed=s) for s in range(3)]).astype(np.float32)
+    dim = 6 * kernel[0] * kernel[1]
+    objectives = [data_objective(w, _correlated_moments(dim, seed=s)) for s, w in enumerate(weights)]
+    for rank in ranks:
+        batched = scheme2.fit_batch(weights, rank, stack_quadratics(objectives), 40)
+        assert batched.vertical.shape[:2] == (3, rank) and batched.horizontal.shape[:3] == (3, 6, rank)
+        for index, (w, quad) in enumerate(zip(weights, objectives)):
+            if kernel == (1, 1):
+                own = jax.jit(scheme2.reduced_rank_fit, static_argnums=2)(w, quad, rank)
+            else:
+                prepared = scheme2.prepare(w, quad, rank)
+                own = jax.jit(scheme2.data_fit, static_argnums=(2, 3))(w, quad, rank, 40, prepared)
+            expected = float(quad.loss(scheme2.compose(*own) / quad.weight_scale))
+            got = float(quad.loss(np.einsum("nkx,kcy->ncyx", batched.horizontal[index], batched.vertical[index])
+                                  / quad.weight_scale))
+            assert got == pytest.approx(expected, rel=1e-4, abs=1e-6)
+            assert batched.loss[index] == pytest.approx(got, rel=1e-4, abs=1e-6)
