@@ -301,10 +301,24 @@ def _padded_start(start: Scheme2Factors, slots: int) -> Scheme2Factors:
                           np.pad(start.horizontal, ((0, 0), (0, extra), (0, 0))))
 
 
-def _slot_count(count: int) -> int:
-    """Problems are solved in batches of a power of two (the last repeated), so that a few
-    compiled programs serve every batch size."""
+def _power_of_two(count: int) -> int:
+    """The smallest power of two >= ``count``."""
     return 1 << (count - 1).bit_length()
+
+
+SLOT_BUDGET = 1e10  # multiply-adds a solve may spend on unused filter slots: ~0.3 s on 2 cores, a tenth of a compilation
+
+
+def filter_slots(shape: tuple[int, ...], rank: int, iterations: int) -> int:
+    """How many filter slots a data fit of ``rank`` is solved in: max_rank, so that every rank of
+    the shape shares one compiled program, where composing max_rank filters in every loss and
+    gradient evaluation (about three per L-BFGS iteration) stays within ``SLOT_BUDGET``
+    (1x1 kernels: always, their closed form costs the same at any rank); else ``rank`` rounded
+    up to a power of two (a large layer, whose solve outweighs a compilation)."""
+    n, c, kh, kw = shape
+    top = max_rank(shape)
+    padded_cost = 3 * 4 * iterations * n * top * c * kh * kw
+    return top if kh == kw == 1 or padded_cost <= SLOT_BUDGET else min(top, _power_of_two(rank))
 
 
 def _prepare_batch(weights: np.ndarray, quads: Quadratic, rank: int, slots: int) -> Prepared | None:
@@ -326,9 +340,8 @@ def fit_batch(weights: np.ndarray, rank: int, quads: Quadratic | None = None,
     else data reconstruction by L-BFGS. ``quads`` carry a leading batch axis P
     (``stack_quadratics``). Compilation, not solving, dominated data fits of small layers
     (about 3.5 s per program on 2 cores against 0.1 s per solve), so one compiled program
-    serves every rank of a shape (K = max_rank filter slots, the unused ones zero: the
-    quadratic term of the loss, N * D^2, does not grow with K) and every P up to a power of
-    two; filter fits compile one SVD per shape.
+    serves every rank of a small shape (``filter_slots``: K = max_rank filter slots, the
+    unused ones zero) and every P up to a power of two; filter fits compile one SVD per shape.
 
     Raises ProblemError for bad weights or K, DivergenceError if the solve goes non-finite.
     """
@@ -340,8 +353,8 @@ def fit_batch(weights: np.ndarray, rank: int, quads: Quadratic | None = None,
     if quads is None:
         factors, loss = _filter_batch(w, rank)
     else:
-        count, slots = len(weights), max_rank(weights.shape[1:])
-        repeat = np.minimum(np.arange(_slot_count(count)), count - 1)
+        count, slots = len(weights), filter_slots(weights.shape[1:], rank, iterations)
+        repeat = np.minimum(np.arange(_power_of_two(count)), count - 1)
         padded = lambda tree: jax.tree_util.tree_map(lambda value: value[repeat], tree)
         prepared = _prepare_batch(weights, quads, rank, slots)
         keep = jnp.asarray(np.arange(slots) < rank, dtype)

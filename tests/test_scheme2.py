@@ -219,11 +219,19 @@ def test_whitened_fit_beats_200_raw_lbfgs_iterations_on_ill_conditioned_inputs(s
     assert result.loss <= _raw_lbfgs(weights.astype(np.float32), quad, 6, 200) * (1 + 1e-5)
 
 
-@pytest.mark.parametrize("kernel,ranks", [((3, 3), (1, 5, 18)), ((1, 1), (1, 4, 6))])
-def test_every_rank_solved_in_max_rank_slots_equals_its_own_solve(kernel, ranks):
-    """fit_batch solves any rank of a shape in one program of max_rank filter slots (and
-    batches in powers of two): the unused slots must not change the fit. Reference: the solve
-    compiled at exactly that rank, one problem at a time."""
+def test_small_shapes_share_max_rank_slots_and_large_ones_round_up_to_powers_of_two():
+    assert {scheme2.filter_slots((64, 64, 3, 3), rank, 64) for rank in (1, 20, 192)} == {192}
+    assert [scheme2.filter_slots((256, 192, 3, 3), rank, 64) for rank in (1, 115, 500, 576)] == [1, 128, 512, 576]
+    assert scheme2.filter_slots((2048, 512, 1, 1), 7, 64) == 512
+
+
+@pytest.mark.parametrize("kernel,ranks,budget", [((3, 3), (1, 5, 18), scheme2.SLOT_BUDGET), ((3, 3), (3, 5), 0),
+                                                 ((1, 1), (1, 4, 6), scheme2.SLOT_BUDGET)])
+def test_every_rank_solved_in_padded_slots_equals_its_own_solve(kernel, ranks, budget, monkeypatch):
+    """fit_batch solves a rank in more filter slots than it has (max_rank for small shapes, the
+    next power of two with no budget) and batches in powers of two: the unused slots must not
+    change the fit. Reference: the solve compiled at exactly that rank, one problem at a time."""
+    monkeypatch.setattr(scheme2, "SLOT_BUDGET", budget)
     weights = np.stack([decaying_weights((6, 6, *kernel), seed=s) for s in range(3)]).astype(np.float32)
     dim = 6 * kernel[0] * kernel[1]
     objectives = [data_objective(w, _correlated_moments(dim, seed=s)) for s, w in enumerate(weights)]
